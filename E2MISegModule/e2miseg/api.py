@@ -1,0 +1,97 @@
+"""The public Python API: ``load_model`` and ``predict``. The CLI and the Slicer module sit on these.
+
+>>> import e2miseg
+>>> model, card = e2miseg.load_model("e2miseg-hippocampus", device="cpu")
+>>> labels = e2miseg.predict("hippocampus_001.nii.gz", model)        # SimpleITK label image
+>>> labels, probs = e2miseg.predict(image, model, return_probabilities=True)
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence, Union
+
+import SimpleITK as sitk
+import torch
+
+from .checkpoint import load_weights_into, read_checkpoint
+from .errors import CheckpointError
+from .inference import InferenceOptions, Predictor, resolve_device
+from .io import read_channels
+from .postprocess import clean_labels, labels_on_input_grid, probability_image
+from .preprocess import preprocess
+from .progress import CancelToken, ProgressCallback, Reporter
+from .store import resolve
+from .validate import check_input
+
+ImageInput = Union[str, os.PathLike, sitk.Image]
+
+
+def build_from_card(card: dict[str, Any]) -> torch.nn.Module:
+    """An untrained network as the card's architecture section describes it."""
+    from .models import build_model
+
+    arch = card["architecture"]
+    try:
+        model = build_model(arch["name"], **arch["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"model '{card['name']}': {exc}") from None
+    except TypeError as exc:
+        raise CheckpointError(f"model '{card['name']}': its architecture settings do not fit '{arch['name']}' ({exc})") from None
+    kind = getattr(model, "kind", None)
+    if kind != card["inference"]["kind"]:
+        raise CheckpointError(f"model '{card['name']}': card says a {card['inference']['kind']} model but '{arch['name']}' is {kind}")
+    return model
+
+
+def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a checkpoint by store name or path; return the network (eval mode, on ``device``) and its card.
+
+    The card is also attached as ``model.card`` so ``predict(images, model)`` needs nothing else.
+    """
+    stored = resolve(name_or_path)
+    tensors, card = read_checkpoint(stored.path)
+    model = build_from_card(card)
+    load_weights_into(model, tensors, stored.path.name)
+    model = model.to(resolve_device(device)).eval()
+    model.card = card
+    return model, card
+
+
+def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | str | os.PathLike,
+            card: dict[str, Any] | None = None, *, device: str | None = None, step: float | None = None,
+            fast: bool = False, tta: bool = False, batch_size: int | None = None, keep_largest: bool = False,
+            min_island_mm3: float = 0.0, return_probabilities: bool = False,
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None):
+    """Segment one case: file paths or SimpleITK images in, a uint8 label image on the input grid out.
+
+    :param images: one path/image per channel, a 4D image, or a DICOM series folder.
+    :param model: a network from ``load_model`` (carrying ``.card``), or a store name or checkpoint path.
+    :param device: None keeps the model's device; otherwise auto, cpu, cuda or mps.
+    :param return_probabilities: also return the class probabilities on the input grid (vector image).
+    :param progress: called with ``ProgressEvent`` (stage, done, total, eta_s).
+    :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.
+    """
+    reporter = Reporter(progress, cancel)
+    reporter.report("load", 0, 1)
+    if not isinstance(model, torch.nn.Module):
+        model, card = load_model(model, device or "auto")
+    card = card or getattr(model, "card", None)
+    if card is None:
+        raise CheckpointError("predict() needs the model card: pass card=... or a model from e2miseg.load_model")
+    channels = read_channels(images)
+    check_input(channels, card)
+    reporter.report("load", 1, 1)
+    reporter.report("preprocess", 0, 1)
+    array, grid = preprocess(channels, card)
+    reporter.report("preprocess", 1, 1)
+    if device is None:
+        device = str(next(model.parameters()).device)
+    predictor = Predictor(model, card, InferenceOptions(device=device, step=step, fast=fast, tta=tta, batch_size=batch_size))
+    probabilities = predictor.predict(array, reporter)
+    del array
+    reporter.report("postprocess", 0, 1)
+    labels = labels_on_input_grid(probabilities, grid, channels[0])
+    labels = clean_labels(labels, [entry["value"] for entry in card["labels"]], keep_largest, min_island_mm3)
+    result = (labels, probability_image(probabilities, grid, channels[0])) if return_probabilities else labels
+    reporter.report("postprocess", 1, 1)
+    return result

@@ -1,0 +1,216 @@
+"""``e2miseg`` command line: predict, models. Errors are one line and a documented exit code.
+
+Exit codes: 0 ok; 1 other user error; 2 bad arguments; 3 input image; 4 checkpoint/model;
+5 output; 6 not enough memory; 130 cancelled; 70 internal error (a bug: rerun with --debug).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import E2MISegError, InputImageError, OutputError
+
+INTERNAL_ERROR_EXIT = 70
+
+
+def _json_line(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+class TqdmProgress:
+    """Human progress: one tqdm bar per stage, on stderr so stdout stays clean for pipes."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.stage != self.stage:
+            self.close()
+            self.stage = event.stage
+            self.bar = tqdm(total=event.total, desc=event.stage, unit="tile" if event.stage == "infer" else "step",
+                            file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+        self.bar.total = event.total
+        self.bar.n = event.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress_for(args) -> Callable:
+    if args.json_progress:
+        return lambda event: _json_line(event.as_dict())
+    return TqdmProgress()
+
+
+def _check_output(inputs: list[Path], output: Path) -> None:
+    from .io import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
+
+    if suffix_of(output) not in (SEGMENTATION_SUFFIX,) + LABELMAP_SUFFIXES:
+        raise OutputError(f"unknown output type for {output.name}; use .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+    folder = output.parent
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist; create it or choose another output path")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"output folder {folder} is not writable; choose a folder you can write to")
+    for item in inputs:
+        if not item.exists():
+            raise InputImageError(f"{item} does not exist; check the path")
+        same = output.exists() and item.exists() and os.path.samefile(item, output)
+        if same or item.resolve() == output.resolve():
+            raise OutputError(f"output {output} is the input file; choose another output path so the input is not overwritten")
+
+
+def _cancel_on_signal() -> threading.Event:
+    """SIGTERM (sent by the Slicer module's Cancel) sets the cancel token so the run stops between tiles."""
+    cancel = threading.Event()
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    except ValueError:  # not in the main thread (e.g. called from tests through main())
+        pass
+    return cancel
+
+
+def cmd_predict(args) -> int:
+    from .cohort import is_cohort_folder, run_cohort
+
+    inputs = [Path(p) for p in args.images]
+    if len(inputs) == 1 and is_cohort_folder(inputs[0]):
+        return run_cohort(inputs[0], Path(args.output), args)
+    output = Path(args.output)
+    _check_output(inputs, output)  # before importing torch: a typo costs milliseconds, not a model load
+    from . import api
+    from .io import write_result
+
+    progress = _progress_for(args)
+    cancel = _cancel_on_signal()
+    model, card = api.load_model(args.model, args.device)
+    labels = api.predict([str(p) for p in inputs], model, card, step=args.step, fast=args.fast, tta=args.tta,
+                         keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
+                         progress=progress, cancel=cancel)
+    if isinstance(progress, TqdmProgress):
+        progress.close()
+    if args.json_progress:
+        _json_line({"stage": "write", "done": 0, "total": 1, "eta_s": None, "message": ""})
+    write_result(labels, card, output)
+    if args.json_progress:
+        _json_line({"stage": "done", "done": 1, "total": 1, "eta_s": 0, "output": str(output)})
+    else:
+        print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import store
+    from .checkpoint import read_checkpoint
+
+    if args.action == "list":
+        for model in store.list_models():
+            try:
+                _, card = read_checkpoint(model.path)
+                print(f"{model.name}\t{card['version']}\t{card['architecture']['name']}\t{card['inference']['kind']}\t"
+                      f"{'verified' if model.sha256 else 'unverified'}\t{model.path}")
+            except E2MISegError as exc:
+                print(f"{model.name}\tBROKEN: {exc}\t{model.path}")
+        return 0
+    if args.action == "info":
+        stored = store.resolve(args.name)
+        _, card = read_checkpoint(stored.path)
+        if args.build:
+            from .api import build_from_card
+
+            net = build_from_card(card)
+            card = {**card, "parameters": sum(p.numel() for p in net.parameters())}
+        print(json.dumps({"path": str(stored.path), "sha256": stored.sha256, **card}, indent=2))
+        return 0
+    if args.action == "import":
+        stored = store.import_model(args.name)
+        print(f"imported {stored.name} ({stored.card['license']}) into {stored.path}", file=sys.stderr)
+        return 0
+    if args.action == "convert":
+        from .convert import convert_pickle_checkpoint
+
+        out = convert_pickle_checkpoint(Path(args.name), Path(args.card), Path(args.output), trust_pickle=args.trust_pickle)
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    raise E2MISegError(f"unknown models action {args.action}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2miseg", description="Segment medical images with E2MISeg, EHANet and S²aNet models.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="segment one case (one file per channel) or a folder of cases")
+    p.add_argument("images", nargs="+", help="image file(s) of one case, a DICOM series folder, or a folder of cases")
+    p.add_argument("-o", "--output", required=True, help="output .seg.nrrd / .nii.gz / .nrrd / .mha (a folder for cohorts)")
+    p.add_argument("--model", required=True, help="model name from `e2miseg models list` or a .safetensors file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction of the patch (default from the model)")
+    p.add_argument("--fast", action="store_true", help="coarser step for a quicker result")
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (slower, sometimes more accurate)")
+    p.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
+    p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this volume")
+    p.add_argument("--json-progress", action="store_true", help="print one JSON progress object per line on stdout")
+    p.add_argument("--format", default=".seg.nrrd", help="output extension for cohort runs (default .seg.nrrd)")
+    p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("models", help="list, inspect, import or convert models")
+    m.add_argument("action", choices=["list", "info", "import", "convert"])
+    m.add_argument("name", nargs="?", help="model name or file (info, import, convert)")
+    m.add_argument("--build", action="store_true", help="info: also build the network and count its parameters")
+    m.add_argument("--card", help="convert: the model card JSON for a pickle checkpoint")
+    m.add_argument("-o", "--output", help="convert: output .safetensors file")
+    m.add_argument("--trust-pickle", action="store_true", help="convert: I trust this file's author; allow unpickling it")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "models" and args.action in ("info", "import", "convert") and not args.name:
+        parser.error(f"models {args.action} needs a model name or file")
+    try:
+        return args.func(args)
+    except E2MISegError as exc:
+        if args.debug:
+            raise
+        message = str(exc)
+        if getattr(args, "json_progress", False):
+            _json_line({"stage": "error", "message": message, "exit_code": exc.exit_code})
+        print(f"e2miseg: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("e2miseg: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("e2miseg: error: ran out of memory; crop the volume, use --fast, or a machine with more memory", file=sys.stderr)
+        return 6
+    except Exception as exc:  # a bug: one line for the clinician, the traceback behind --debug
+        if args.debug:
+            raise
+        print(f"e2miseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,95 @@
+"""Cohort runs: a folder of cases in, a folder of segmentations and a summary CSV out.
+
+Finished cases are skipped on restart. Under ``torchrun`` each rank takes every WORLD_SIZE-th case,
+so a batch job shards a cohort with PyTorch's own launcher and no scheduler of ours.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import E2MISegError, InputImageError, OutputError
+from .io import IMAGE_SUFFIXES, suffix_of, write_result
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES and suffix_of(p) != ".dcm")
+
+
+def is_cohort_folder(path: Path) -> bool:
+    """A folder of image files (not a DICOM series folder) is a cohort."""
+    if not path.is_dir():
+        return False
+    if (path / "imagesTr").is_dir() or (path / "imagesTs").is_dir():
+        return True
+    return bool(_image_files(path))
+
+
+def find_cases(folder: Path) -> dict[str, list[Path]]:
+    """Case name -> channel files. MSD names (``case_0000.nii.gz``) group channels; others are single-channel."""
+    for sub in ("imagesTs", "imagesTr"):
+        if (folder / sub).is_dir():
+            folder = folder / sub
+            break
+    cases: dict[str, list[Path]] = {}
+    for path in _image_files(folder):
+        stem = path.name[: -len(suffix_of(path))]
+        match = _CHANNEL_SUFFIX.match(stem)
+        cases.setdefault(match["case"] if match else stem, []).append(path)
+    if not cases:
+        raise InputImageError(f"{folder} has no image files; give a folder of .nii.gz/.nrrd/.mha cases")
+    return cases
+
+
+def shard(names: list[str]) -> tuple[list[str], int, int]:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return names[rank::world], rank, world
+
+
+def run_cohort(folder: Path, output: Path, args) -> int:
+    from tqdm import tqdm
+
+    from . import api
+
+    cases = find_cases(folder)
+    output.mkdir(parents=True, exist_ok=True)
+    if not os.access(output, os.W_OK):
+        raise OutputError(f"output folder {output} is not writable; choose a folder you can write to")
+    names, rank, world = shard(sorted(cases))
+    model, card = api.load_model(args.model, args.device)
+    summary = output / ("summary.csv" if world == 1 else f"summary_rank{rank}.csv")
+    label_names = [entry["name"] for entry in card["labels"]]
+    fresh = not summary.exists()
+    failures = 0
+    with open(summary, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if fresh:
+            writer.writerow(["case", "seconds", "status"] + [f"{n}_mm3" for n in label_names])
+        for name in tqdm(names, desc=f"cohort (rank {rank}/{world})", unit="case"):
+            target = output / f"{name}{args.format}"
+            if target.exists():
+                continue  # finished in an earlier run
+            start = time.perf_counter()
+            try:
+                labels = api.predict([str(p) for p in cases[name]], model, card, step=args.step, fast=args.fast,
+                                     tta=args.tta, keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3)
+                write_result(labels, card, target)
+            except E2MISegError as exc:
+                failures += 1
+                writer.writerow([name, f"{time.perf_counter() - start:.2f}", f"error: {exc}"] + [""] * len(label_names))
+                handle.flush()
+                continue
+            voxel_mm3 = float(np.prod(labels.GetSpacing()))
+            counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=256)
+            volumes = [f"{counts[e['value']] * voxel_mm3:.1f}" for e in card["labels"]]
+            writer.writerow([name, f"{time.perf_counter() - start:.2f}", "ok"] + volumes)
+            handle.flush()
+    return 1 if failures else 0

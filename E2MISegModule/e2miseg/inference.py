@@ -1,0 +1,144 @@
+"""The predictor: network-grid array -> class probabilities, tile by tile.
+
+The strategy follows the model's kind from its card: 3D sliding windows with Gaussian blending,
+2D slices, or 2.5D stacks of neighbouring slices. Several tiles go through the network per pass;
+cancellation is checked between passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .errors import E2MISegError
+from .preprocess import AXIS_INDEX_ZYX
+from .progress import Reporter
+from .tiling import gaussian_weights, pad_to_at_least, pad_to_multiple, slice_stack_indices, window_grid
+
+
+@dataclass
+class InferenceOptions:
+    device: str = "auto"
+    step: Optional[float] = None  # None: the card's step (or fast_step when fast)
+    fast: bool = False
+    tta: bool = False  # mirror test-time augmentation over the card's mirror axes
+    batch_size: Optional[int] = None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; an unavailable explicit choice is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise E2MISegError("CUDA was requested but no CUDA GPU is available to PyTorch; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise E2MISegError("Apple MPS was requested but is not available; use --device cpu or auto")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise E2MISegError(f"unknown device '{name}'; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def mirror_combinations(axes: list[int]) -> list[tuple[int, ...]]:
+    """Every subset of the mirror axes, the empty one (no flip) first."""
+    return [combo for r in range(len(axes) + 1) for combo in combinations(axes, r)]
+
+
+def _forward_probabilities(model: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+    total = None
+    for dims in flips:
+        x = torch.flip(batch, dims) if dims else batch
+        probs = torch.softmax(model(x).float(), dim=1)
+        probs = torch.flip(probs, dims) if dims else probs
+        total = probs if total is None else total + probs
+    return total / len(flips)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Predictor:
+    """Runs one model over preprocessed arrays as its card prescribes."""
+
+    def __init__(self, model: torch.nn.Module, card: dict[str, Any], options: InferenceOptions | None = None):
+        self.options = options or InferenceOptions()
+        self.card = card
+        self.settings = card["inference"]
+        self.device = resolve_device(self.options.device)
+        self.model = model.to(self.device).eval()
+        self.num_classes = int(getattr(model, "num_classes", 0)) or 1 + max(label["value"] for label in card["labels"])
+        self.batch_size = self.options.batch_size or self.settings["batch_size"]
+        default_step = self.settings["fast_step"] if self.options.fast else self.settings["step"]
+        self.step = self.options.step or default_step
+
+    def predict(self, array: np.ndarray, reporter: Reporter | None = None) -> np.ndarray:
+        """(C, z, y, x) float32 -> (K, z, y, x) float32 class probabilities."""
+        reporter = reporter or Reporter()
+        with torch.inference_mode():
+            if self.settings["kind"] == "3d":
+                return self._sliding_window(array, reporter)
+            return self._slice_wise(array, reporter)
+
+    def _mirror_dims(self, spatial_axes_zyx: list[int], offset: int) -> list[tuple[int, ...]]:
+        if not self.options.tta:
+            return [()]
+        axes = [AXIS_INDEX_ZYX[a] for a in self.settings["mirror_axes"]]
+        return mirror_combinations([spatial_axes_zyx.index(a) + offset for a in axes if a in spatial_axes_zyx])
+
+    def _sliding_window(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
+        patch = tuple(self.settings["patch_size_zyx"])
+        padded, crop = pad_to_at_least(array, patch)
+        windows = window_grid(padded.shape[1:], patch, self.step)
+        weights = gaussian_weights(patch, self.settings["gaussian_sigma_scale"])
+        weights_device = torch.tensor(weights, device=self.device)
+        accumulated = np.zeros((self.num_classes,) + padded.shape[1:], dtype=np.float32)
+        weight_sum = np.zeros(padded.shape[1:], dtype=np.float32)
+        flips = self._mirror_dims([0, 1, 2], offset=2)
+        done = 0
+        reporter.report("infer", 0, len(windows))
+        for group in _batches(windows, self.batch_size):
+            reporter.check_cancel()
+            batch = torch.from_numpy(np.stack([padded[(slice(None),) + w] for w in group])).to(self.device)
+            probs = (_forward_probabilities(self.model, batch, flips) * weights_device).cpu().numpy()
+            for window, tile in zip(group, probs):
+                accumulated[(slice(None),) + window] += tile
+                weight_sum[window] += weights
+            done += len(group)
+            reporter.report("infer", done, len(windows))
+        accumulated = accumulated[(slice(None),) + crop]
+        accumulated /= weight_sum[crop][None]
+        return accumulated
+
+    def _slice_wise(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
+        axis = AXIS_INDEX_ZYX[self.settings["slice_axis"]]
+        in_plane = [a for a in range(3) if a != axis]
+        stacked = np.moveaxis(array, axis + 1, 1)  # (C, S, A, B) with S the slice axis
+        channels, count = stacked.shape[:2]
+        slices = self.settings["slices"] if self.settings["kind"] == "2.5d" else 1
+        minimum = tuple(self.settings.get("patch_size_zyx") or (1, 1))
+        padded, crop = pad_to_at_least(stacked, minimum)
+        padded, crop2 = pad_to_multiple(padded, int(getattr(self.model, "size_divisor", 1)))
+        crop = tuple(slice(c2.start + c1.start, c2.start + c1.stop) for c1, c2 in zip(crop, crop2))
+        out = np.zeros((self.num_classes, count) + stacked.shape[2:], dtype=np.float32)
+        flips = self._mirror_dims(in_plane, offset=2)
+        reporter.report("infer", 0, count)
+        done = 0
+        for group in _batches(list(range(count)), self.batch_size * 4):
+            reporter.check_cancel()
+            # channel-major stacks: the k neighbours of channel 0, then of channel 1, ...
+            tiles = [padded[:, slice_stack_indices(count, i, slices)].reshape(channels * slices, *padded.shape[2:]) for i in group]
+            batch = torch.from_numpy(np.stack(tiles)).to(self.device)
+            probs = _forward_probabilities(self.model, batch, flips).cpu().numpy()
+            out[:, group[0]:group[-1] + 1] = np.moveaxis(probs[(slice(None), slice(None)) + crop], 0, 1)
+            done += len(group)
+            reporter.report("infer", done, count)
+        return np.moveaxis(out, 1, axis + 1)

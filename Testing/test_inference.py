@@ -1,0 +1,125 @@
+"""The predictor: tiled prediction equals whole-volume prediction, slice order, TTA, cancel."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from e2miseg.card import validate_card
+from e2miseg.errors import Cancelled
+from e2miseg.inference import InferenceOptions, Predictor, mirror_combinations, resolve_device
+from e2miseg.progress import Reporter
+from helpers import make_card
+
+
+class PointwiseNet(torch.nn.Module):
+    """A fully convolutional net with a 1-voxel receptive field: tiling cannot change its output."""
+
+    kind = "3d"
+    num_classes = 3
+
+    def __init__(self, dims: int = 3):
+        super().__init__()
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(conv(1, 8, 1), torch.nn.Tanh(), conv(8, 3, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_tiled_prediction_equals_whole_volume():
+    net = PointwiseNet()
+    volume = np.random.default_rng(1).normal(size=(1, 23, 37, 30)).astype(np.float32)
+    card = validate_card(make_card(patch=(8, 16, 16), step=0.5, batch_size=3))
+    tiled = Predictor(net, card, InferenceOptions(device="cpu")).predict(volume)
+    with torch.inference_mode():
+        whole = torch.softmax(net(torch.from_numpy(volume)[None]), 1)[0].numpy()
+    assert tiled.shape == whole.shape
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+def test_volume_smaller_than_patch_is_padded_and_cropped_back():
+    net = PointwiseNet()
+    volume = np.random.default_rng(2).normal(size=(1, 5, 9, 7)).astype(np.float32)
+    card = validate_card(make_card(patch=(8, 16, 16)))
+    probs = Predictor(net, card, InferenceOptions(device="cpu")).predict(volume)
+    with torch.inference_mode():
+        whole = torch.softmax(net(torch.from_numpy(volume)[None]), 1)[0].numpy()
+    np.testing.assert_allclose(probs, whole, atol=1e-5)
+
+
+class SliceProbe(torch.nn.Module):
+    """Predicts class 1 where the k-slice stack's centre slice is brighter than its neighbours' mean.
+
+    The output depends on the order and centring of the stack, so a wrong slice order shows up.
+    """
+
+    num_classes = 2
+    size_divisor = 4
+
+    def __init__(self, slices: int):
+        super().__init__()
+        self.slices = slices
+
+    def forward(self, x):
+        centre = x[:, self.slices // 2]
+        score = centre * 10.0 if self.slices == 1 else (centre - x.mean(1)) * 10.0
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+@pytest.mark.parametrize("kind,slices,axis", [("2d", 1, "z"), ("2.5d", 3, "z"), ("2.5d", 5, "y"), ("2.5d", 3, "x")])
+def test_slice_wise_order_and_axis(kind, slices, axis):
+    rng = np.random.default_rng(3)
+    volume = rng.normal(size=(1, 9, 10, 11)).astype(np.float32)
+    card = validate_card(make_card(kind, patch=None, slices=slices, slice_axis=axis))
+    probs = Predictor(SliceProbe(slices), card, InferenceOptions(device="cpu")).predict(volume)
+    assert probs.shape == (2,) + volume.shape[1:]
+    ax = {"z": 0, "y": 1, "x": 2}[axis]
+    v = np.moveaxis(volume[0], ax, 0)
+    expected = np.empty_like(v)
+    for i in range(v.shape[0]):
+        idx = [min(max(i + o, 0), v.shape[0] - 1) for o in range(-(slices // 2), slices // 2 + 1)]
+        stack = v[idx]
+        expected[i] = stack[slices // 2] * 10 if slices == 1 else (stack[slices // 2] - stack.mean(0)) * 10
+    expected = 1 / (1 + np.exp(-np.moveaxis(expected, 0, ax)))
+    np.testing.assert_allclose(probs[1], expected, atol=1e-5)
+
+
+def test_mirror_tta_of_a_symmetric_net_changes_nothing():
+    net = PointwiseNet()
+    volume = np.random.default_rng(4).normal(size=(1, 8, 16, 16)).astype(np.float32)
+    card = validate_card(make_card(patch=(8, 16, 16)))
+    plain = Predictor(net, card, InferenceOptions(device="cpu")).predict(volume)
+    tta = Predictor(net, card, InferenceOptions(device="cpu", tta=True)).predict(volume)
+    np.testing.assert_allclose(plain, tta, atol=1e-5)
+    assert len(mirror_combinations([2, 3, 4])) == 8
+
+
+def test_cancel_stops_between_tiles_and_progress_counts_tiles():
+    net = PointwiseNet()
+    volume = np.zeros((1, 32, 32, 32), dtype=np.float32)
+    card = validate_card(make_card(patch=(8, 8, 8), batch_size=1))
+    events, cancel = [], threading.Event()
+
+    def on_progress(event):
+        events.append(event)
+        if event.stage == "infer" and event.done == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        Predictor(net, card, InferenceOptions(device="cpu")).predict(volume, Reporter(on_progress, cancel))
+    infer = [e for e in events if e.stage == "infer"]
+    assert infer[-1].done == 3 and infer[-1].total == 7 ** 3
+    assert infer[-1].eta_s is not None and infer[-1].eta_s >= 0
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="CUDA"):
+            resolve_device("cuda")
