@@ -131,3 +131,19 @@ def test_cohort_folder_with_summary_and_restart(tmp_path, checkpoint):
     assert main(["predict", str(folder), "-o", str(out), "--model", str(checkpoint), "--device", "cpu"]) == 0
     assert (out / "hippocampus_001.seg.nrrd").stat().st_mtime_ns == stamp  # finished cases are skipped
     assert len((out / "summary.csv").read_text().splitlines()) == 4
+
+
+def test_preview_png_shows_segment_colours(tmp_path, checkpoint, hippocampus_image, hippocampus_label):
+    from e2miseg.preview import overlay_rgb
+
+    image = sitk.ReadImage(str(hippocampus_image))
+    labels = sitk.Cast(sitk.ReadImage(str(hippocampus_label)), sitk.sitkUInt8)
+    rgb = overlay_rgb(image, labels, {1: (1.0, 0.0, 0.0), 2: (0.0, 0.0, 1.0)})
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
+    pure_red = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)  # outlines are drawn opaque
+    pure_blue = (rgb[..., 0] == 0) & (rgb[..., 1] == 0) & (rgb[..., 2] == 255)
+    assert pure_red.sum() > 20 and pure_blue.sum() > 20
+    out = tmp_path / "p.png"
+    assert main(["predict", str(hippocampus_image), "-o", str(tmp_path / "s.seg.nrrd"), "--model", str(checkpoint),
+                 "--device", "cpu", "--preview", str(out)]) == 0
+    assert sitk.ReadImage(str(out)).GetNumberOfComponentsPerPixel() == 3

@@ -90,6 +90,8 @@ def cmd_predict(args) -> int:
     if len(inputs) == 1 and is_cohort_folder(inputs[0]):
         return run_cohort(inputs[0], Path(args.output), args)
     output = Path(args.output)
+    if args.preview and not args.preview.lower().endswith(".png"):
+        raise OutputError(f"the preview {args.preview} must be a .png file")
     _check_output(inputs, output)  # before importing torch: a typo costs milliseconds, not a model load
     from . import api
     from .io import write_result
@@ -105,6 +107,12 @@ def cmd_predict(args) -> int:
     if args.json_progress:
         _json_line({"stage": "write", "done": 0, "total": 1, "eta_s": None, "message": ""})
     write_result(labels, card, output)
+    if args.preview:
+        from .io import read_channels
+        from .preview import write_preview
+
+        colors = {entry["value"]: entry["color"] for entry in card["labels"]}
+        write_preview(read_channels([str(inputs[0])])[0], labels, colors, args.preview)
     if args.json_progress:
         _json_line({"stage": "done", "done": 1, "total": 1, "eta_s": 0, "output": str(output)})
     else:
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
     p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this volume")
     p.add_argument("--json-progress", action="store_true", help="print one JSON progress object per line on stdout")
+    p.add_argument("--preview", help="also write a PNG overlay preview (mid slices in three orientations)")
     p.add_argument("--format", default=".seg.nrrd", help="output extension for cohort runs (default .seg.nrrd)")
     p.set_defaults(func=cmd_predict)
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install into .venv, then segment the bundled hippocampus sample
+# with the bundled E2MISeg checkpoint, writing a Slicer segmentation and a PNG overlay preview.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+"$here/scripts/setup_env.sh"
+out="${1:-$here/out/demo}"
+mkdir -p "$out"
+"${E2MISEG_VENV:-$here/.venv}/bin/e2miseg" predict \
+  "$here/E2MISegModule/Resources/SampleData/hippocampus_008.nii.gz" \
+  --model e2miseg-hippocampus --device auto \
+  -o "$out/hippocampus_008.seg.nrrd" --preview "$out/hippocampus_008.png"
+echo "Segmentation: $out/hippocampus_008.seg.nrrd (open it in 3D Slicer with the image)"
+echo "Preview:      $out/hippocampus_008.png"
