@@ -129,7 +129,7 @@ def cmd_models(args) -> int:
             try:
                 _, card = read_checkpoint(model.path)
                 print(f"{model.name}\t{card['version']}\t{card['architecture']['name']}\t{card['inference']['kind']}\t"
-                      f"{'verified' if model.sha256 else 'unverified'}\t{model.path}")
+                      f"{'sha256 verified' if model.sha256 else 'no recorded sha256'}\t{card['license']}\t{model.path}")
             except E2MISegError as exc:
                 print(f"{model.name}\tBROKEN: {exc}\t{model.path}")
         return 0
