@@ -1,0 +1,382 @@
+"""The E2MISeg logic: volume nodes in, an editable segmentation node out. No Qt, no dialogs.
+
+>>> logic = E2MISegLogic(slicer.mrmlScene)          # or any vtkMRMLScene (slicer-core)
+>>> segmentationNode = logic.process(volumeNode, model="e2miseg-hippocampus", quality="fast")
+>>> task = logic.process(volumeNode, model="e2miseg-hippocampus", waitForCompletion=False)
+>>> while not task.poll(): ...                      # the widget polls from a qt.QTimer
+>>> task.segmentationNode, task.error
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import SimpleITK as sitk
+import slicer
+
+from e2miseg.errors import E2MISegError, InputImageError
+
+from .InferenceRunner import (InProcessRunner, SubprocessRunner, cliOptionStrings, progressEvent, pythonExecutable,
+                              subprocessEnvironment)
+from .SegmentationImport import importLabelImage, placeBesideInput, volumeNodeToImage
+
+QUALITY_OPTIONS = {"fast": {"fast": True}, "normal": {}, "normal+tta": {"tta": True}}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ProgressCallback = Callable[[dict], None]
+
+
+class SegmentationTask:
+    """One run of the engine. Call ``poll()`` from the main thread until it returns True.
+
+    Afterwards ``segmentationNode`` is the result, or ``error`` says why there is none
+    (``e2miseg.errors.Cancelled`` after ``cancel()``); in that case the scene was not changed.
+    """
+
+    def __init__(self, logic: "E2MISegLogic", runner, card: dict, inputVolume, outputSegmentation,
+                 progressCallback: Optional[ProgressCallback], tempDir: Optional[str]):
+        self.logic = logic
+        self.runner = runner
+        self.card = card
+        self.inputVolume = inputVolume
+        self.outputSegmentation = outputSegmentation
+        self.progressCallback = progressCallback
+        self.tempDir = tempDir
+        self.segmentationNode = None
+        self.error: Optional[BaseException] = None
+        self.finished = False
+        self.startTime = time.perf_counter()
+
+    def _report(self, event: dict) -> None:
+        if self.progressCallback is None:
+            return
+        try:
+            self.progressCallback(event)
+        except Exception as exc:  # a failing callback must not leave the engine running unattended
+            self.error = self.error or exc
+            self.runner.cancel()
+
+    def poll(self) -> bool:
+        """Forward new progress; import the result when the engine is done. True once finished."""
+        if self.finished:
+            return True
+        for event in self.runner.poll():
+            self._report(event)
+        if not self.runner.finished:
+            return False
+        try:
+            if self.error is None:
+                result = self.runner.result()
+                labelImage = result if isinstance(result, sitk.Image) else sitk.ReadImage(str(result))
+                self._report(progressEvent("import", 0, 1))
+                self.segmentationNode = self.logic._importResult(labelImage, self.card, self.inputVolume,
+                                                                 self.outputSegmentation)
+                self._report(progressEvent("import", 1, 1))
+                self.logic.log(f"Segmented '{self.inputVolume.GetName()}' with {self.card['name']} "
+                               f"in {time.perf_counter() - self.startTime:.1f} s")
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.finished = True
+            if self.tempDir:
+                shutil.rmtree(self.tempDir, ignore_errors=True)
+            if self.logic.activeTask is self:
+                self.logic.activeTask = None
+        return True
+
+    def cancel(self) -> None:
+        """Stop the engine (the whole process tree in subprocess mode); the scene stays as it was."""
+        if not self.finished:
+            self.runner.cancel()
+
+    def wait(self, interval: float = 0.05):
+        """Block until finished; return the segmentation node or raise the run's error."""
+        while not self.poll():
+            time.sleep(interval)
+        if self.error is not None:
+            raise self.error
+        return self.segmentationNode
+
+
+class E2MISegLogic:
+    """Runs E2MISeg models on volume nodes of ``scene`` and turns the result into segments.
+
+    Never shows dialogs: errors are raised (``E2MISegError`` subclasses carry a message that names
+    the fix), progress goes to ``progressCallback`` and messages to ``logCallback``.
+    """
+
+    def __init__(self, scene, segmentationsLogic=None):
+        self.scene = scene
+        if segmentationsLogic is None:
+            # On slicer-core the segment converters are only registered by a logic bound to the scene
+            segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
+            segmentationsLogic.SetMRMLScene(scene)
+        self.segmentationsLogic = segmentationsLogic
+        self.logCallback: Callable[[str], None] = logging.info
+        self.activeTask: Optional[SegmentationTask] = None
+        self._cards: dict[tuple[str, int], tuple[Path, dict]] = {}
+        self._loadedModel: Optional[tuple[tuple[str, str], Any]] = None
+        self._lastRun: Optional[tuple[Any, bool, Any]] = None
+
+    def log(self, message: str) -> None:
+        if self.logCallback is not None:
+            self.logCallback(message)
+
+    # ---- models and devices -------------------------------------------------------------
+
+    @staticmethod
+    def availableModels() -> list[str]:
+        """Names of the models in the store (user folder first, then the ones bundled with the extension)."""
+        from e2miseg.store import list_models
+
+        return [model.name for model in list_models()]
+
+    def modelCard(self, model: Union[str, os.PathLike]) -> tuple[Path, dict]:
+        """The checkpoint path and model card of a store name or file (checksum verified)."""
+        from e2miseg.checkpoint import read_checkpoint
+        from e2miseg.store import resolve
+
+        stored = resolve(model)
+        key = (str(stored.path.resolve()), stored.path.stat().st_mtime_ns)
+        if key not in self._cards:
+            _, card = read_checkpoint(stored.path)
+            self._cards[key] = (stored.path, card)
+        return self._cards[key]
+
+    @staticmethod
+    def importModel(path: Union[str, os.PathLike]) -> str:
+        """Copy a checkpoint into the user's model store; return its name."""
+        from e2miseg.store import import_model
+
+        return import_model(path).name
+
+    @staticmethod
+    def deviceDescription(device: str = "auto") -> str:
+        """What ``device`` resolves to on this computer, e.g. 'CPU' or 'CUDA (NVIDIA RTX 4090)'."""
+        from e2miseg.inference import resolve_device
+
+        resolved = resolve_device(device)
+        if resolved.type == "cuda":
+            import torch
+
+            return f"CUDA ({torch.cuda.get_device_name(resolved)})"
+        return {"mps": "Apple MPS", "cpu": "CPU"}.get(resolved.type, resolved.type)
+
+    @staticmethod
+    def engineSupportsEdgeRefinement(inProcess: bool = False) -> bool:
+        """Whether the installed engine offers edge refinement (``--refine-edges`` / ``refine_edges``)."""
+        if inProcess:
+            from e2miseg import api
+
+            return "refine_edges" in inspect.signature(api.predict).parameters
+        return bool({"--refine-edges", "--no-refine-edges"} & cliOptionStrings())
+
+    # ---- running ------------------------------------------------------------------------
+
+    def process(self, inputVolumes, model: Union[str, os.PathLike], outputSegmentation=None, device: str = "auto",
+                quality: str = "normal", refineEdges: bool = True, progressCallback: Optional[ProgressCallback] = None,
+                waitForCompletion: bool = True, inProcess: bool = False, keepLargest: bool = False,
+                minIslandMm3: float = 0.0):
+        """Segment ``inputVolumes`` with ``model``; return the segmentation node.
+
+        :param inputVolumes: a scalar volume node, or one per model channel (all on one grid).
+        :param model: a model store name (see ``availableModels()``) or a ``.safetensors`` file.
+        :param outputSegmentation: a segmentation node to update (only the model's own segments are
+            replaced; the user's segments and edits elsewhere are kept), or None for a new node
+            placed beside the input volume in the subject hierarchy.
+        :param device: auto, cpu, cuda (or cuda:N) or mps.
+        :param quality: fast (coarser sliding-window step), normal, or normal+tta (mirror test-time augmentation).
+        :param refineEdges: refine segment edges when the installed engine supports it (else logged and skipped).
+        :param progressCallback: called on the calling thread with dicts
+            {stage, done, total, eta_s, message, fraction}.
+        :param waitForCompletion: False returns a ``SegmentationTask`` at once; call its ``poll()``
+            (e.g. from a timer) until True, then read ``segmentationNode`` / ``error``.
+        :param inProcess: run ``e2miseg.predict`` in this process on a worker thread instead of a subprocess.
+        :raises e2miseg.errors.E2MISegError: bad input, bad model, engine failure; ``Cancelled`` after cancel().
+        """
+        if self.activeTask is not None and not self.activeTask.finished:
+            raise E2MISegError("a segmentation is already running; wait for it or cancel it first")
+        volumes = self._checkInputs(inputVolumes, outputSegmentation, device, quality)
+        modelPath, card = self.modelCard(model)
+        if len(volumes) != len(card["channels"]):
+            wanted = ", ".join(channel["name"] for channel in card["channels"])
+            raise InputImageError(f"model '{card['name']}' needs {len(card['channels'])} input volume(s) ({wanted}) "
+                                  f"but {len(volumes)} were given; select one volume per channel")
+        options: dict[str, Any] = {**QUALITY_OPTIONS[quality], "keep_largest": keepLargest,
+                                   "min_island_mm3": float(minIslandMm3)}
+        if self.engineSupportsEdgeRefinement(inProcess):
+            options["refine_edges"] = bool(refineEdges)
+        elif refineEdges:
+            self.log("Edge refinement is not available in this engine version; segmenting without it.")
+        self.log(f"Segmenting '{volumes[0].GetName()}' with {card['name']} {card['version']} "
+                 f"(device {device}, quality {quality}, {'in-process' if inProcess else 'subprocess'})")
+        tempDir = None
+        if inProcess:
+            runner = InProcessRunner([volumeNodeToImage(v) for v in volumes], self._modelLoader(modelPath, device),
+                                     {"device": None, **options})
+        else:
+            tempDir = tempfile.mkdtemp(prefix="e2miseg-")
+            try:
+                runner = SubprocessRunner(self._command(volumes, modelPath, device, options, Path(tempDir)),
+                                          subprocessEnvironment(), self.log)
+            except BaseException:
+                shutil.rmtree(tempDir, ignore_errors=True)
+                raise
+        task = SegmentationTask(self, runner, card, volumes[0], outputSegmentation, progressCallback, tempDir)
+        self.activeTask = task
+        try:
+            runner.start()
+        except OSError as exc:
+            task.finished = True
+            self.activeTask = None
+            shutil.rmtree(tempDir or "", ignore_errors=True)
+            raise E2MISegError(f"could not start the segmentation engine ({exc}); reinstall the E2MISeg extension") from None
+        if not waitForCompletion:
+            return task
+        try:
+            return task.wait()
+        except KeyboardInterrupt:
+            task.cancel()
+            task.wait()
+            raise
+
+    def cancel(self) -> None:
+        """Cancel the running segmentation, if any (kills the engine's whole process tree)."""
+        if self.activeTask is not None:
+            self.activeTask.cancel()
+
+    def _checkInputs(self, inputVolumes, outputSegmentation, device: str, quality: str) -> list:
+        volumes = list(inputVolumes) if isinstance(inputVolumes, (list, tuple)) else [inputVolumes]
+        if not volumes or any(v is None for v in volumes):
+            raise InputImageError("no input volume given; select the volume to segment")
+        for volume in volumes:
+            if not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                raise InputImageError(f"'{volume.GetName()}' is a {volume.GetClassName()}, not an image volume; "
+                                      f"select a scalar volume")
+            if volume.GetImageData() is None:
+                raise InputImageError(f"volume '{volume.GetName()}' has no image data; load an image into it first")
+        if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
+            raise E2MISegError(f"'{outputSegmentation.GetName()}' is not a segmentation node; "
+                               f"select a segmentation or none to create one")
+        if quality not in QUALITY_OPTIONS:
+            raise E2MISegError(f"unknown quality '{quality}'; use {', '.join(QUALITY_OPTIONS)}")
+        if device not in DEVICES and not device.startswith("cuda:"):
+            raise E2MISegError(f"unknown device '{device}'; use {', '.join(DEVICES)}")
+        return volumes
+
+    def _command(self, volumes: list, modelPath: Path, device: str, options: dict, tempDir: Path) -> list[str]:
+        inputs = []
+        for index, volume in enumerate(volumes):
+            path = tempDir / f"channel{index}.nrrd"
+            sitk.WriteImage(volumeNodeToImage(volume), str(path))  # exact geometry, LPS as files expect
+            inputs.append(str(path))
+        command = [pythonExecutable(), "-m", "e2miseg.cli", "predict", *inputs, "-o", str(tempDir / "labels.nrrd"),
+                   "--model", str(modelPath), "--device", device, "--json-progress"]
+        if options.get("fast"):
+            command.append("--fast")
+        if options.get("tta"):
+            command.append("--tta")
+        if options.get("keep_largest"):
+            command.append("--keep-largest")
+        if options.get("min_island_mm3"):
+            command += ["--min-island-mm3", str(options["min_island_mm3"])]
+        if "refine_edges" in options:
+            flags = cliOptionStrings()
+            if options["refine_edges"] and "--refine-edges" in flags:
+                command.append("--refine-edges")
+            elif not options["refine_edges"] and "--no-refine-edges" in flags:
+                command.append("--no-refine-edges")
+        return command
+
+    def _modelLoader(self, modelPath: Path, device: str) -> Callable[[], Any]:
+        def load():
+            from e2miseg.api import load_model
+
+            key = (str(modelPath), device)
+            if self._loadedModel is None or self._loadedModel[0] != key:
+                self._loadedModel = None  # one model in memory at a time
+                self._loadedModel = (key, load_model(modelPath, device))
+            return self._loadedModel[1]
+
+        return load
+
+    # ---- results ------------------------------------------------------------------------
+
+    def _importResult(self, labelImage: sitk.Image, card: dict, inputVolume, outputSegmentation):
+        """Label map -> segments. On any failure the scene is put back exactly as it was."""
+        created = outputSegmentation is None
+        if created:
+            self.scene.SaveStateForUndo()
+            node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputVolume.GetName()} {card['name']}")
+            backup = None
+        else:
+            node = outputSegmentation
+            node.SetUndoEnabled(True)  # so the scene's undo (when enabled) restores the segments
+            self.scene.SaveStateForUndo()
+            backup = slicer.vtkSegmentation()
+            backup.DeepCopy(node.GetSegmentation())
+        try:
+            if created:
+                node.CreateDefaultDisplayNodes()
+                node.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+                node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+            elif not node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()):
+                node.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+            importLabelImage(labelImage, card, node, inputVolume)
+            if created:
+                placeBesideInput(self.scene, node, inputVolume)
+        except BaseException:
+            self._restore(node, created, backup)
+            raise
+        self._lastRun = (node, created, backup)
+        return node
+
+    def _restore(self, node, created: bool, backup) -> None:
+        if created:
+            shNode = self.scene.GetSubjectHierarchyNode()
+            if shNode is not None and shNode.GetItemByDataNode(node):
+                shNode.RemoveItem(shNode.GetItemByDataNode(node), False, False)
+            for index in range(node.GetNumberOfDisplayNodes()):
+                self.scene.RemoveNode(node.GetNthDisplayNode(index))
+            self.scene.RemoveNode(node)
+        else:
+            node.GetSegmentation().DeepCopy(backup)
+
+    def undoLastRun(self) -> bool:
+        """Put the last run's segmentation back as it was before (remove it if the run created it)."""
+        if self._lastRun is None:
+            return False
+        node, created, backup = self._lastRun
+        self._lastRun = None
+        if node.GetScene() is not self.scene:
+            return False  # the node was deleted or the scene closed since
+        self._restore(node, created, backup)
+        return True
+
+    # ---- scripting helpers (work without the Slicer application) ---------------------------
+
+    def loadVolume(self, path: Union[str, os.PathLike], name: Optional[str] = None):
+        """Read an image file into a new scalar volume node (inside Slicer, slicer.util.loadVolume does more)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputImageError(f"{path} does not exist; check the path")
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node):
+            self.scene.RemoveNode(node)
+            raise InputImageError(f"{path.name} cannot be read as a volume; the file may be truncated or not an image")
+        return node
+
+    def saveSegmentation(self, segmentationNode, path: Union[str, os.PathLike]) -> None:
+        """Write a segmentation node to a .seg.nrrd file (names, colours, terminology, geometry)."""
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.WriteData(segmentationNode):
+            raise E2MISegError(f"could not write {path}; check the folder exists and is writable")
+

@@ -1,0 +1,304 @@
+"""The Slicer module's logic on real MRML (slicer-core): segments, geometry, edits kept, cancel, errors.
+
+No MRML mocks: a real vtkMRMLScene, volume nodes read by Slicer's own storage node, the engine run
+in a subprocess (as in Slicer) or in-process, and results exported back with Slicer's own logic.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+
+slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+psutil = pytest.importorskip("psutil")
+
+from conftest import oblique_image  # noqa: E402
+from e2miseg.cli import main as cli_main  # noqa: E402
+from e2miseg.errors import Cancelled, CheckpointError, InputImageError  # noqa: E402
+from helpers import HIPPOCAMPUS_LABELS, make_e2miseg_checkpoint  # noqa: E402
+
+from E2MISegModuleLib import E2MISegLogic, EngineError, killProcessTree  # noqa: E402
+from E2MISegModuleLib.SegmentationImport import (LABEL_TAG, MODEL_TAG, exportSegmentsToArray, ijkToRas,  # noqa: E402
+                                                 maskToOrientedImage, segmentIdsOf, segmentTag)
+
+MODEL_SEGMENTS = [label["name"] for label in HIPPOCAMPUS_LABELS]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # a 3 mm network grid keeps every run to one or two tiles while still resampling to and from the input grid
+    return make_e2miseg_checkpoint(tmp_path_factory.mktemp("models") / "tiny.safetensors", spacing=(3.0, 3.0, 3.0))
+
+
+@pytest.fixture
+def logic():
+    scene = slicer.vtkMRMLScene()
+    logic = E2MISegLogic(scene)
+    logic.logCallback = None
+    return logic
+
+
+def cli_labels(image_path, checkpoint, out_path, *flags) -> np.ndarray:
+    assert cli_main(["predict", str(image_path), "-o", str(out_path), "--model", str(checkpoint), "--device", "cpu",
+                     *flags]) == 0
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out_path)))
+
+
+def model_label_array(logic, segmentation_node, volume) -> np.ndarray:
+    """The model's segments exported with Slicer's logic, as label values on the input grid."""
+    by_name = {segmentation_node.GetSegmentation().GetSegment(s).GetName(): s for s in segmentIdsOf(segmentation_node)}
+    ids = [by_name[name] for name in MODEL_SEGMENTS]
+    exported = exportSegmentsToArray(logic.segmentationsLogic, segmentation_node, ids, volume, logic.scene)
+    values = np.array([0] + [label["value"] for label in HIPPOCAMPUS_LABELS], dtype=np.uint8)
+    return values[exported]
+
+
+def segment_voxels(logic, segmentation_node, segment_id, volume) -> np.ndarray:
+    return exportSegmentsToArray(logic.segmentationsLogic, segmentation_node, [segment_id], volume, logic.scene)
+
+
+def add_user_segment(segmentation_node, name, volume, box) -> str:
+    segment_id = segmentation_node.GetSegmentation().AddEmptySegment(name, name)
+    mask = np.zeros(volume.GetImageData().GetDimensions()[::-1], dtype=np.uint8)
+    mask[box] = 1
+    set_voxels(segmentation_node, segment_id, mask, volume, slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+    return segment_id
+
+
+def set_voxels(segmentation_node, segment_id, mask, volume, mode) -> None:
+    # what a Segment Editor effect does: write a modifier labelmap without overwriting other segments
+    oriented = maskToOrientedImage(mask, ijkToRas(volume))
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(oriented, segmentation_node, segment_id,
+                                                                               mode, None, False, [])
+
+
+def scene_state(logic) -> dict:
+    """Every node (ID, class, name) and every segmentation's segments with their voxels."""
+    scene = logic.scene
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    state = {"nodes": [(n.GetID(), n.GetClassName(), n.GetName()) for n in nodes]}
+    volume = next(n for n in nodes if n.IsA("vtkMRMLScalarVolumeNode") and not n.IsA("vtkMRMLLabelMapVolumeNode"))
+    for node in nodes:
+        if node.IsA("vtkMRMLSegmentationNode"):
+            for segment_id in segmentIdsOf(node):
+                segment = node.GetSegmentation().GetSegment(segment_id)
+                voxels = segment_voxels(logic, node, segment_id, volume)
+                state[(node.GetID(), segment_id)] = (segment.GetName(), segment.GetColor(), int(voxels.sum()),
+                                                     voxels.tobytes())
+    return state
+
+
+def wait_for_stage(task, stages, timeout=120.0) -> None:
+    seen = []
+    original = task.progressCallback
+    task.progressCallback = lambda event: seen.append(event["stage"])
+    start = time.time()
+    while not any(stage in stages for stage in seen):
+        assert not task.poll(), f"the run finished before reaching {stages}: {task.error}"
+        assert time.time() - start < timeout
+        time.sleep(0.02)
+    task.progressCallback = original
+
+
+def test_subprocess_run_matches_the_cli_and_carries_the_model_card(tmp_path, logic, checkpoint, hippocampus_image):
+    volume = logic.loadVolume(hippocampus_image)
+    events = []
+    node = logic.process(volume, model=str(checkpoint), device="cpu", quality="fast", progressCallback=events.append)
+
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == MODEL_SEGMENTS
+    for label in HIPPOCAMPUS_LABELS:
+        segment = segmentation.GetSegment(label["name"])
+        assert segment.GetColor() == pytest.approx(label["color"])
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
+        assert entry.GetTypeObject().GetCodeValue() == label["terminology"]["type"]["code"]
+        assert entry.GetTypeModifierObject().GetCodeValue() == label["terminology"]["type_modifier"]["code"]
+        assert segmentTag(segment, MODEL_TAG) == "test-model-0.0.1"
+        assert segmentTag(segment, LABEL_TAG) == str(label["value"])
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+
+    expected = cli_labels(hippocampus_image, checkpoint, tmp_path / "cli.nii.gz", "--fast")
+    assert set(np.unique(expected)) == {0, 1, 2}, "the tiny model should predict every label for a meaningful test"
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), expected)
+
+    stages = [e["stage"] for e in events]
+    assert {"load", "preprocess", "infer", "postprocess", "import"} <= set(stages)
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+    # .seg.nrrd round trip through Slicer's own storage node
+    path = tmp_path / "result.seg.nrrd"
+    logic.saveSegmentation(node, path)
+    reloaded = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(reloaded)
+    assert segmentIdsOf(reloaded) == segmentIdsOf(node)
+    for segment_id in segmentIdsOf(node):
+        before, after = segmentation.GetSegment(segment_id), reloaded.GetSegmentation().GetSegment(segment_id)
+        assert (after.GetName(), after.GetTerminology(), segmentTag(after, MODEL_TAG)) == \
+            (before.GetName(), before.GetTerminology(), segmentTag(before, MODEL_TAG))
+        assert after.GetColor() == pytest.approx(before.GetColor())
+    np.testing.assert_array_equal(model_label_array(logic, reloaded, volume), expected)
+
+
+def test_oblique_anisotropic_volume_in_process_keeps_geometry(tmp_path, logic, checkpoint):
+    image_path = tmp_path / "oblique.nrrd"
+    sitk.WriteImage(oblique_image(), str(image_path))
+    volume = logic.loadVolume(image_path)
+    # the input sits in a study; the result must land beside it
+    sh = logic.scene.GetSubjectHierarchyNode()
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Study")
+    sh.CreateItem(study, volume)
+
+    node = logic.process(volume, model=str(checkpoint), device="cpu", inProcess=True)
+
+    expected = cli_labels(image_path, checkpoint, tmp_path / "cli.nrrd")
+    assert expected.any()
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), expected)
+    for segment_id in segmentIdsOf(node):  # the segments' own voxel grid is the input's, not a resampled one
+        oriented = slicer.vtkOrientedImageData()
+        node.GetBinaryLabelmapRepresentation(segment_id, oriented)
+        matrix = vtk.vtkMatrix4x4()
+        oriented.GetImageToWorldMatrix(matrix)
+        got = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        np.testing.assert_allclose(got, ijkToRas(volume), atol=1e-6)
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+
+
+def test_rerun_keeps_user_segments_and_edits_and_saves_undo(logic, checkpoint, hippocampus_image):
+    volume = logic.loadVolume(hippocampus_image)
+    node = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Work")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    tumour = add_user_segment(node, "Tumour", volume, np.s_[2:10, 5:20, 5:15])
+
+    logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", inProcess=True)
+    first = model_label_array(logic, node, volume)
+    assert segmentIdsOf(node) == [tumour] + MODEL_SEGMENTS
+
+    # the user edits: grows Tumour into the model's area, adds Lesion, and erases a model segment
+    grown = segment_voxels(logic, node, tumour, volume)
+    grown[12:20, 20:30, 10:20] = 1
+    set_voxels(node, tumour, grown, volume, slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+    lesion = add_user_segment(node, "Lesion", volume, np.s_[15:25, 25:40, 15:25])
+    lesion_voxels = segment_voxels(logic, node, lesion, volume)
+    set_voxels(node, MODEL_SEGMENTS[0], np.zeros_like(grown), volume, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    edited_model = segment_voxels(logic, node, MODEL_SEGMENTS[0], volume)
+    logic.scene.SetUndoOn()
+
+    logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", inProcess=True)
+
+    assert segmentIdsOf(node) == [tumour] + MODEL_SEGMENTS + [lesion]  # no duplicates, nothing lost
+    np.testing.assert_array_equal(segment_voxels(logic, node, tumour, volume), grown)
+    np.testing.assert_array_equal(segment_voxels(logic, node, lesion, volume), lesion_voxels)
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), first)  # model segments refreshed
+
+    assert logic.scene.GetNumberOfUndoLevels() >= 1
+    logic.scene.Undo()
+    np.testing.assert_array_equal(segment_voxels(logic, node, MODEL_SEGMENTS[0], volume), edited_model)
+    np.testing.assert_array_equal(segment_voxels(logic, node, tumour, volume), grown)
+
+
+def test_undo_last_run_restores_the_segmentation(logic, checkpoint, hippocampus_image):
+    volume = logic.loadVolume(hippocampus_image)
+    node = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Work")
+    node.CreateDefaultDisplayNodes()
+    add_user_segment(node, "Tumour", volume, np.s_[2:10, 5:20, 5:15])
+    before = scene_state(logic)
+    logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", inProcess=True)
+    assert scene_state(logic) != before
+    assert logic.undoLastRun()
+    assert segmentIdsOf(node) == ["Tumour"]
+    after = scene_state(logic)
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "nodes")
+
+
+def _scene_with_user_work(logic, hippocampus_image):
+    volume = logic.loadVolume(hippocampus_image)
+    node = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Work")
+    node.CreateDefaultDisplayNodes()
+    add_user_segment(node, "Tumour", volume, np.s_[2:10, 5:20, 5:15])
+    return volume, node
+
+
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "subprocess"])
+def test_cancel_mid_run_leaves_the_scene_unchanged(logic, checkpoint, hippocampus_image, in_process):
+    volume, node = _scene_with_user_work(logic, hippocampus_image)
+    # in-process also covers a new output node; each subprocess start costs a torch import, so one case there
+    for output in ((None, node) if in_process else (node,)):
+        before = scene_state(logic)
+        task = logic.process(volume, model=str(checkpoint), outputSegmentation=output, device="cpu",
+                             inProcess=in_process, waitForCompletion=False)
+        wait_for_stage(task, {"infer", "preprocess"})
+        pid = None if in_process else task.runner.process.pid
+        logic.cancel()
+        with pytest.raises(Cancelled):
+            task.wait()
+        assert task.segmentationNode is None
+        assert scene_state(logic) == before
+        if pid is not None:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert task.tempDir is None or not os.path.exists(task.tempDir)
+
+
+def test_engine_killed_from_outside_is_a_clear_error_and_no_change(logic, checkpoint, hippocampus_image):
+    volume, node = _scene_with_user_work(logic, hippocampus_image)
+    before = scene_state(logic)
+    task = logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", waitForCompletion=False)
+    wait_for_stage(task, {"load", "preprocess", "infer"})
+    os.kill(task.runner.process.pid, signal.SIGKILL)
+    with pytest.raises(EngineError, match="killed by signal SIGKILL.*quality 'fast'"):
+        task.wait()
+    assert scene_state(logic) == before
+    assert logic.activeTask is None
+
+
+def test_engine_error_line_reaches_the_caller(logic, checkpoint, hippocampus_image):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA so that device 'cuda' fails inside the engine")
+    volume, node = _scene_with_user_work(logic, hippocampus_image)
+    before = scene_state(logic)
+    with pytest.raises(EngineError, match="^CUDA was requested but no CUDA GPU") as error:
+        logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cuda")
+    assert "\n" not in str(error.value) and error.value.exit_code == 1
+    assert scene_state(logic) == before
+
+
+def test_kill_process_tree_kills_grandchildren():
+    launcher = subprocess.Popen([sys.executable, "-c",
+                                 "import subprocess, sys, time\n"
+                                 "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                                 "print(child.pid, flush=True)\n"
+                                 "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    child_pid = int(launcher.stdout.readline())
+    killProcessTree(launcher.pid)
+    launcher.wait(timeout=10)
+    assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_bad_inputs_are_refused_before_anything_runs(logic, checkpoint, hippocampus_image):
+    volume = logic.loadVolume(hippocampus_image)
+    before = scene_state(logic)
+    with pytest.raises(InputImageError, match="needs 1 input volume"):
+        logic.process([volume, volume], model=str(checkpoint))
+    with pytest.raises(CheckpointError, match="no model named"):
+        logic.process(volume, model="no-such-model")
+    labelmap = logic.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(InputImageError, match="not an image volume"):
+        logic.process(labelmap, model=str(checkpoint))
+    logic.scene.RemoveNode(labelmap)
+    with pytest.raises(Exception, match="unknown quality"):
+        logic.process(volume, model=str(checkpoint), quality="best")
+    assert scene_state(logic)["nodes"] == before["nodes"]
+    assert logic.activeTask is None
