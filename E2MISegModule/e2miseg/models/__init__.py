@@ -7,6 +7,7 @@ Build them by name: ``build_model("e2miseg", patch_size=(16, 160, 160), ...)``. 
 from .registry import (
     PAPER_CONFIGS,
     PAPER_PARAM_COUNTS,
+    SMALL_CONFIGS,
     available_models,
     build_loss_for,
     build_model,
@@ -18,6 +19,7 @@ from .registry import (
 __all__ = [
     "PAPER_CONFIGS",
     "PAPER_PARAM_COUNTS",
+    "SMALL_CONFIGS",
     "available_models",
     "build_loss_for",
     "build_model",

@@ -6,6 +6,7 @@ volumes are handled by the sliding-window inferer, never by feeding another size
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -81,8 +82,9 @@ class E2MISegNet(nn.Module):
         c0, c1, c2, c3 = dims
 
         # Encoder: patchify stem + three 2x downsamplings, each followed by an HFR stack.
+        # GroupNorm with one group per input channel (reference); gcd keeps e.g. 3 inputs legal.
         self.stem = nn.Sequential(nn.Conv3d(in_channels, c0, stem, stride=stem, bias=False),
-                                  nn.GroupNorm(in_channels, c0))
+                                  nn.GroupNorm(math.gcd(in_channels, c0), c0))
         self.downsample = nn.ModuleList(
             nn.Sequential(nn.Conv3d(a, b, 2, stride=2, bias=False), nn.GroupNorm(a, b))
             for a, b in ((c0, c1), (c1, c2), (c2, c3))
@@ -153,10 +155,15 @@ class E2MISegNet(nn.Module):
         return [y0, self.ds_heads[0](dec1), self.ds_heads[1](dec2)]
 
     def default_loss(self, **overrides: Any) -> nn.Module:
-        """The architecture's own loss: CE + scale-sensitive Dice with 4:2:1 deep supervision."""
+        """The architecture's own loss: CE + scale-sensitive Dice with 4:2:1 deep supervision.
+
+        ``overrides`` go to :class:`ScaleSensitiveLoss` (``w_ce``, ``w_ss``, ...), except
+        ``ds_weights`` which replaces the deep-supervision weights.
+        """
         from ..losses import DeepSupervisionLoss, ScaleSensitiveLoss
 
-        return DeepSupervisionLoss(ScaleSensitiveLoss(**overrides))
+        ds_weights = overrides.pop("ds_weights", None)
+        return DeepSupervisionLoss(ScaleSensitiveLoss(**overrides), ds_weights)
 
 
 def _init_weights(module: nn.Module) -> None:

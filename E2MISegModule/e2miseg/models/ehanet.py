@@ -108,6 +108,10 @@ class EHANet(nn.Module):
     ``binary=True`` (only with ``num_classes == 2``) is the paper's one-logit sigmoid head; the
     eval output is then ``cat([0, s])`` so that softmax gives [1 - sigmoid(s), sigmoid(s)].
     Otherwise the head and the side outputs have ``num_classes`` softmax channels.
+
+    ``freeze_encoder`` only stops gradients: like the reference, ``model.train()`` still updates
+    the encoder's BatchNorm statistics. Train-mode batches need >= 2 images because the side-output
+    gates apply BatchNorm to globally pooled features (use ``drop_last=True`` in the loader).
     """
 
     kind = "2d"

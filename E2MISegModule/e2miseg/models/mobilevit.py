@@ -36,20 +36,42 @@ class InvertedResidual(nn.Module):
         return x + self.block(x) if self.use_residual else self.block(x)
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (both projections with bias).
+
+    Written out with plain matmuls instead of ``nn.MultiheadAttention`` / fused SDPA so that
+    state-dict keys do not depend on torch internals and FLOP counters see the attention (the
+    fused CPU kernels are invisible to ``torch.utils.flop_counter``); sequences here are short.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        head_dim = d // self.num_heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        attn = ((q * head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        y = attn @ v  # (B, heads, N, d/heads)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
 class TransformerLayer(nn.Module):
     """Pre-norm transformer layer: LN -> MHSA -> dropout, LN -> FFN(SiLU) -> dropout."""
 
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, bias=True, batch_first=True)
+        self.attn = SelfAttention(dim, num_heads)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.SiLU(), nn.Linear(ffn_dim, dim))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm_attn(x)
-        x = x + self.dropout(self.attn(y, y, y, need_weights=False)[0])
+        x = x + self.dropout(self.attn(self.norm_attn(x)))
         return x + self.dropout(self.ffn(self.norm_ffn(x)))
 
 

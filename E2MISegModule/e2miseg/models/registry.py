@@ -39,6 +39,17 @@ PAPER_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "s2anet_paper": ("s2anet", {"in_channels": 1, "slices": 3, "num_classes": 55}),
 }
 
+# Reduced configurations that train on a CPU or small GPU (smoke tests, demos, benchmarks).
+SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "e2miseg_small": ("e2miseg", {
+        "patch_size": [16, 64, 64], "in_channels": 1, "num_classes": 4, "stem_kernel": [1, 4, 4],
+        "dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "proj_sizes": [32, 32, 32, 16],
+        "feature_size": 8,
+    }),
+    "ehanet_small": ("ehanet", {"in_channels": 1, "num_classes": 2, "include_cls_head": False}),
+    "s2anet_small": ("s2anet", {"in_channels": 1, "slices": 3, "num_classes": 4, "width_scale": 4}),
+}
+
 # Parameter counts the spec measured on the authors' code, for the presets above.
 PAPER_PARAM_COUNTS: dict[str, float] = {
     "e2miseg_acdc": 85.13e6, "e2miseg_brats": 61.00e6, "e2miseg_mcl": 61.28e6,
@@ -84,10 +95,12 @@ def build_model(name: str, **config: Any) -> nn.Module:
 
 
 def build_preset(preset: str, **overrides: Any) -> nn.Module:
-    """Build one of :data:`PAPER_CONFIGS` (e.g. ``"e2miseg_acdc"``), optionally overridden."""
-    if preset not in PAPER_CONFIGS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PAPER_CONFIGS))}")
-    name, config = PAPER_CONFIGS[preset]
+    """Build a preset of :data:`PAPER_CONFIGS` or :data:`SMALL_CONFIGS` (e.g. ``"e2miseg_acdc"``),
+    optionally with some arguments overridden."""
+    presets = {**PAPER_CONFIGS, **SMALL_CONFIGS}
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(presets))}")
+    name, config = presets[preset]
     return build_model(name, **{**config, **overrides})
 
 
