@@ -15,7 +15,6 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from e2miseg.card import terminology_tag
 from e2miseg.errors import InputImageError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -125,6 +124,9 @@ def ownedSegmentIds(segmentation, card: dict[str, Any]) -> dict[int, str]:
 
 
 def _newSegment(label: dict[str, Any], card: dict[str, Any]):
+    # imported here: e2miseg.card needs jsonschema, which Slicer may only get on the first Segment click
+    from e2miseg.card import terminology_tag
+
     segment = slicer.vtkSegment()
     segment.SetName(label["name"])
     segment.SetColor(*[float(c) for c in label["color"]])

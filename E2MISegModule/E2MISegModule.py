@@ -1,0 +1,306 @@
+"""E2MISeg: one-click segmentation with E2MISeg, EHANet and S²aNet models, editable in Segment Editor.
+
+This file is the Slicer shell: module description, a thin widget and the self-test. The logic lives in
+E2MISegModuleLib (it runs on slicer-core without the application and is tested there).
+"""
+import glob
+import os
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from E2MISegModuleLib.Logic import E2MISegLogic
+
+
+class E2MISegModule(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("E2MISeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.contributors = ["E2MISeg developers"]
+        self.parent.helpText = _("""
+Segment a volume with an E2MISeg (3D), EHANet (2D) or S²aNet (2.5D) model: pick the volume and the model,
+click <b>Segment</b>, then correct edges in Segment Editor. Re-running updates only the model's own segments.
+<p>Python console:</p>
+<pre>logic = slicer.util.getModuleLogic("E2MISegModule")
+seg = logic.process(volumeNode, model="e2miseg-hippocampus", quality="fast")</pre>
+<p>Outside the application (slicer-core): <code>from E2MISegModuleLib import E2MISegLogic;
+E2MISegLogic(scene).process(volume, model=..., inProcess=True)</code>.</p>""")
+        self.parent.acknowledgementText = _("""
+Networks from the E2MISeg, EHANet and S²aNet papers. Each model carries its own licence, shown when it is
+selected; the bundled hippocampus model is trained on the Medical Segmentation Decathlon (CC-BY-SA 4.0).""")
+
+
+class E2MISegModuleLogic(ScriptedLoadableModuleLogic, E2MISegLogic):
+    """The module's logic: ``E2MISegLogic`` bound to the application scene, plus the parameter node."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        E2MISegLogic.__init__(self, slicer.mrmlScene, slicer.modules.segmentations.logic())
+
+    def getParameterNode(self):
+        from E2MISegModuleLib.Parameters import E2MISegParameterNode
+
+        return E2MISegParameterNode(super().getParameterNode())
+
+
+STAGES = {"load": _("Loading the model"), "preprocess": _("Preparing the image"), "infer": _("Segmenting"),
+          "postprocess": _("Cleaning up labels"), "write": _("Writing the result"), "import": _("Creating segments")}
+
+
+class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.task = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/E2MISegModule.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = E2MISegModuleLogic()
+        self.logic.logCallback = self.appendLog
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.onPoll)
+        self.ui.progressBar.hide()
+        self.ui.segmentButton.clicked.connect(self.onSegmentButton)
+        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.deviceSelector.currentIndexChanged.connect(self.updateDeviceLabel)
+        self.ui.show3DButton.toggled.connect(self.onShow3D)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.populateModels()
+
+    def cleanup(self):
+        self.cancelRun()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        self.cancelRun()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    # ---- models and devices ----------------------------------------------------------------
+
+    def populateModels(self):
+        self.ui.modelSelector.clear()
+        try:
+            names = self.logic.availableModels()
+        except Exception as exc:  # a broken store must not stop the module from opening
+            names = []
+            self.appendLog(_("Cannot list models: {error}").format(error=exc))
+        for name in names:
+            self.ui.modelSelector.addItem(name)
+        wanted = self._parameterNode.model if self._parameterNode else ""
+        self.ui.modelSelector.currentIndex = names.index(wanted) if wanted in names else (0 if names else -1)
+        self.onModelChanged()
+
+    def currentCard(self):
+        name = self.ui.modelSelector.currentText
+        return self.logic.modelCard(name)[1] if name else None
+
+    def onModelChanged(self, index=None):
+        name = self.ui.modelSelector.currentText
+        if self._parameterNode and self._parameterNode.model != name:
+            self._parameterNode.model = name
+        self.ui.modelDescriptionLabel.text = ""
+        channels = 1
+        if name:
+            try:
+                card = self.currentCard()
+            except Exception as exc:
+                self.ui.modelDescriptionLabel.text = _("This model cannot be used: {error}").format(error=exc)
+            else:
+                channels = len(card["channels"])
+                self.ui.modelDescriptionLabel.text = _("{description}\nSegments: {labels}\nInputs: {channels}\n"
+                                                       "Licence: {licence}").format(
+                    description=card.get("description", ""), labels=", ".join(l["name"] for l in card["labels"]),
+                    channels=", ".join(c["name"] for c in card["channels"]), licence=card["license"])
+        for number in (1, 2, 3):
+            getattr(self.ui, f"extraVolume{number}Label").visible = number < channels
+            getattr(self.ui, f"extraVolume{number}Selector").visible = number < channels
+        self.updateGUI()
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import an E2MISeg model"), "",
+                                              _("E2MISeg model (*.safetensors)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the model. Choose an E2MISeg .safetensors file "
+                                               "exported with e2miseg-train export."), waitCursor=True):
+            name = self.logic.importModel(path)
+            self._parameterNode.model = name
+            self.populateModels()
+
+    def updateDeviceLabel(self, index=None):
+        device = self._parameterNode.device.value if self._parameterNode else "auto"
+        try:
+            self.ui.deviceLabel.text = _("running on {device}").format(device=self.logic.deviceDescription(device))
+        except Exception as exc:  # torch missing or the device is not available here
+            self.ui.deviceLabel.text = _("not available: {reason}").format(reason=exc)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def updateGUI(self, caller=None, event=None):
+        running = self.task is not None
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self.ui.modelSelector.currentText)
+        self.ui.segmentButton.enabled = running or ready
+        self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
+        self.ui.segmentButton.toolTip = _("Stop the run; the scene stays as it was.") if running else \
+            _("Run the model on the input volume.") if ready else _("Select an input volume and a model first.")
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.outputsCollapsibleButton):
+            widget.enabled = not running
+
+    def inputVolumes(self):
+        card = self.currentCard()
+        volumes = [self._parameterNode.inputVolume]
+        volumes += [getattr(self._parameterNode, f"extraVolume{n}") for n in range(1, len(card["channels"]))]
+        return volumes
+
+    def onSegmentButton(self):
+        if self.task is not None:
+            self.cancelRun()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Segmentation could not start."), waitCursor=True):
+            from E2MISegModuleLib.Install import ensureDependencies
+
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            self.updateDeviceLabel()
+            params = self._parameterNode
+            self.ui.logTextEdit.clear()
+            self.task = self.logic.process(
+                self.inputVolumes(), model=params.model, outputSegmentation=params.outputSegmentation,
+                device=params.device.value, quality=params.quality.value, refineEdges=params.refineEdges,
+                keepLargest=params.keepLargest, minIslandMm3=params.minIslandMm3, progressCallback=self.onProgress,
+                waitForCompletion=False)
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = _("Starting...")
+            self.timer.start()
+            self.updateGUI()
+
+    def onProgress(self, event):
+        self.ui.progressBar.value = int(round(100 * event["fraction"]))
+        text = STAGES.get(event["stage"], event["stage"])
+        if event["total"] > 1:
+            text += f" {event['done']}/{event['total']}"
+        if event.get("eta_s") is not None and event["eta_s"] >= 1:
+            text += " - " + _("about {seconds} s left").format(seconds=int(round(event["eta_s"])))
+        self.ui.statusLabel.text = text
+
+    def onPoll(self):
+        if self.task is None or not self.task.poll():
+            return
+        task, self.task = self.task, None
+        self.timer.stop()
+        self.ui.progressBar.hide()
+        self.updateGUI()
+        from e2miseg.errors import Cancelled
+
+        if isinstance(task.error, Cancelled):
+            self.ui.statusLabel.text = _("Cancelled. The scene was not changed.")
+            return
+        if task.error is not None:
+            self.ui.statusLabel.text = _("Failed. The scene was not changed.")
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed.")):
+                raise task.error
+            return
+        self.ui.statusLabel.text = _("Done. Correct the result in Segment Editor if needed.")
+        self._parameterNode.outputSegmentation = task.segmentationNode
+        self.onShow3D(self.ui.show3DButton.checked)
+
+    def cancelRun(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.task.wait()  # the process tree is gone when this returns; the scene is unchanged
+            self.onPoll()
+
+    def onShow3D(self, show):
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if segmentation is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not show the segmentation in 3D."), waitCursor=True):
+            if show:
+                segmentation.CreateClosedSurfaceRepresentation()
+            else:
+                segmentation.RemoveClosedSurfaceRepresentation()
+
+    def appendLog(self, message):
+        self.ui.logTextEdit.appendPlainText(message)
+
+
+class E2MISegModuleTest(ScriptedLoadableModuleTest):
+    """Runs the bundled model on the bundled sample inside Slicer (CPU, quality fast: seconds)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_BundledModelOnSample()
+
+    def test_BundledModelOnSample(self):
+        import numpy as np
+
+        resources = os.path.join(os.path.dirname(__file__), "Resources")
+        model = os.path.join(resources, "Models", "e2miseg-hippocampus.safetensors")
+        samples = sorted(p for p in glob.glob(os.path.join(resources, "SampleData", "*.nii.gz")) if "_reference" not in p)
+        self.assertTrue(os.path.isfile(model), f"bundled model missing: {model}")
+        self.assertTrue(samples, f"no bundled sample image in {resources}/SampleData")
+        volume = slicer.util.loadVolume(samples[0])
+        self.delayDisplay("Segmenting the bundled sample")
+        logic = E2MISegModuleLogic()
+        segmentationNode = logic.process(volume, model=model, device="cpu", quality="fast")
+        card = logic.modelCard(model)[1]
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
+                         [label["name"] for label in card["labels"]])
+        predicted = np.zeros(slicer.util.arrayFromVolume(volume).shape, dtype=bool)
+        for label in card["labels"]:
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, label["name"], volume) > 0
+            self.assertTrue(mask.any(), f"segment {label['name']} is empty")
+            predicted |= mask
+        reference = samples[0].replace(".nii.gz", "_reference.nii.gz")
+        if os.path.isfile(reference):
+            truth = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(reference)) > 0
+            dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+            self.assertGreater(dice, 0.5, f"foreground Dice {dice:.2f} against {os.path.basename(reference)}")
+        self.delayDisplay("Test passed")

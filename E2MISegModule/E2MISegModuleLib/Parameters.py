@@ -1,0 +1,57 @@
+"""The module's parameter node (Slicer application only: needs slicer.parameterNodeWrapper and Qt).
+
+Widgets in Resources/UI/E2MISegModule.ui carry a ``SlicerParameterName`` dynamic property naming
+one of these fields; ``connectGui`` keeps both in sync.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+
+
+class Device(enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+    def label(self) -> str:  # shown in the combo box by the parameter node wrapper
+        return {"auto": _("Automatic"), "cpu": _("CPU"), "cuda": _("CUDA (NVIDIA GPU)"),
+                "mps": _("Apple MPS")}[self.value]
+
+
+class Quality(enum.Enum):
+    fast = "fast"
+    normal = "normal"
+    normalTta = "normal+tta"
+
+    def label(self) -> str:
+        return {"fast": _("Fast"), "normal": _("Normal"),
+                "normal+tta": _("Normal + test-time augmentation (slower)")}[self.value]
+
+
+@parameterNodeWrapper
+class E2MISegParameterNode:
+    """
+    inputVolume - the volume to segment (the model's first channel).
+    extraVolume1..3 - further channels, for models with several inputs (e.g. T1, T2, FLAIR).
+    model - model store name.
+    device, quality, refineEdges, keepLargest, minIslandMm3 - run settings.
+    outputSegmentation - the segmentation to update; none creates a new one.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    extraVolume1: vtkMRMLScalarVolumeNode
+    extraVolume2: vtkMRMLScalarVolumeNode
+    extraVolume3: vtkMRMLScalarVolumeNode
+    model: str = ""
+    device: Device = Device.auto
+    quality: Quality = Quality.normal
+    refineEdges: bool = True
+    keepLargest: bool = False
+    minIslandMm3: Annotated[float, WithinRange(0.0, 1.0e6)] = 0.0
+    outputSegmentation: vtkMRMLSegmentationNode
