@@ -249,8 +249,9 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cancelRun(self):
         if self.task is not None:
-            self.task.cancel()
-            self.task.wait()  # the process tree is gone when this returns; the scene is unchanged
+            self.task.cancel()  # kills the process tree; poll() then reports Cancelled, the scene unchanged
+            while not self.task.poll():
+                qt.QThread.msleep(20)
             self.onPoll()
 
     def onShow3D(self, show):

@@ -252,8 +252,11 @@ class E2MISegLogic:
 
     def _checkInputs(self, inputVolumes, outputSegmentation, device: str, quality: str) -> list:
         volumes = list(inputVolumes) if isinstance(inputVolumes, (list, tuple)) else [inputVolumes]
-        if not volumes or any(v is None for v in volumes):
+        if not volumes or volumes[0] is None:
             raise InputImageError("no input volume given; select the volume to segment")
+        if any(v is None for v in volumes):
+            raise InputImageError(f"input channel {[v is None for v in volumes].index(True) + 1} is not selected; "
+                                  f"select one volume per model channel")
         for volume in volumes:
             if not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLLabelMapVolumeNode"):
                 raise InputImageError(f"'{volume.GetName()}' is a {volume.GetClassName()}, not an image volume; "
