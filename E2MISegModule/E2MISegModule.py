@@ -3,7 +3,6 @@
 This file is the Slicer shell: module description, a thin widget and the self-test. The logic lives in
 E2MISegModuleLib (it runs on slicer-core without the application and is tested there).
 """
-import glob
 import os
 
 import qt
@@ -30,8 +29,7 @@ click <b>Segment</b>, then correct edges in Segment Editor. Re-running updates o
 <p>Python console:</p>
 <pre>logic = slicer.util.getModuleLogic("E2MISegModule")
 seg = logic.process(volumeNode, model="e2miseg-hippocampus", quality="fast")</pre>
-<p>Outside the application (slicer-core): <code>from E2MISegModuleLib import E2MISegLogic;
-E2MISegLogic(scene).process(volume, model=..., inProcess=True)</code>.</p>""")
+<p>Without the application (slicer-core): <code>E2MISegModuleLib.E2MISegLogic(scene).process(...)</code>.</p>""")
         self.parent.acknowledgementText = _("""
 Networks from the E2MISeg, EHANet and S²aNet papers. Each model carries its own licence, shown when it is
 selected; the bundled hippocampus model is trained on the Medical Segmentation Decathlon (CC-BY-SA 4.0).""")
@@ -62,6 +60,8 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.task = None
+        self.shownDevice = None
+        self.dependenciesMissing = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -78,7 +78,6 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.clicked.connect(self.onSegmentButton)
         self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
         self.ui.importModelButton.clicked.connect(self.onImportModel)
-        self.ui.deviceSelector.currentIndexChanged.connect(self.updateDeviceLabel)
         self.ui.show3DButton.toggled.connect(self.onShow3D)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -91,6 +90,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        self.updateDeviceLabel()
 
     def exit(self):
         self.setParameterNode(None)
@@ -122,10 +122,13 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def populateModels(self):
         self.ui.modelSelector.clear()
+        names = []
         try:
             names = self.logic.availableModels()
+            self.dependenciesMissing = False
+        except ImportError:  # the model store reads checkpoints with torch: installed on the first Segment click
+            self.dependenciesMissing = True
         except Exception as exc:  # a broken store must not stop the module from opening
-            names = []
             self.appendLog(_("Cannot list models: {error}").format(error=exc))
         for name in names:
             self.ui.modelSelector.addItem(name)
@@ -141,7 +144,8 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.modelSelector.currentText
         if self._parameterNode and self._parameterNode.model != name:
             self._parameterNode.model = name
-        self.ui.modelDescriptionLabel.text = ""
+        self.ui.modelDescriptionLabel.text = _("Click Segment to install PyTorch and the Python packages E2MISeg "
+                                               "needs; you are asked first.") if self.dependenciesMissing else ""
         channels = 1
         if name:
             try:
@@ -170,18 +174,24 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = name
             self.populateModels()
 
-    def updateDeviceLabel(self, index=None):
-        device = self._parameterNode.device.value if self._parameterNode else "auto"
+    def updateDeviceLabel(self):
+        self.shownDevice = self._parameterNode.device.value if self._parameterNode else "auto"
         try:
-            self.ui.deviceLabel.text = _("running on {device}").format(device=self.logic.deviceDescription(device))
-        except Exception as exc:  # torch missing or the device is not available here
+            self.ui.deviceLabel.text = _("running on {device}").format(
+                device=self.logic.deviceDescription(self.shownDevice))
+        except ImportError:
+            self.ui.deviceLabel.text = _("PyTorch is not installed yet; Segment offers to install it")
+        except Exception as exc:  # the chosen device does not exist on this computer
             self.ui.deviceLabel.text = _("not available: {reason}").format(reason=exc)
 
     # ---- running ---------------------------------------------------------------------------
 
     def updateGUI(self, caller=None, event=None):
         running = self.task is not None
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self.ui.modelSelector.currentText)
+        if self._parameterNode and self._parameterNode.device.value != self.shownDevice:
+            self.updateDeviceLabel()
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume
+                     and (self.ui.modelSelector.currentText or self.dependenciesMissing))
         self.ui.segmentButton.enabled = running or ready
         self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
         self.ui.segmentButton.toolTip = _("Stop the run; the scene stays as it was.") if running else \
@@ -203,6 +213,9 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from E2MISegModuleLib.Install import ensureDependencies
 
             ensureDependencies(self.resourcePath("requirements.txt"))
+            if self.dependenciesMissing:
+                self.populateModels()  # now that torch is there; the user checks the model and clicks again
+                return
             self.updateDeviceLabel()
             params = self._parameterNode
             self.ui.logTextEdit.clear()
@@ -279,29 +292,6 @@ class E2MISegModuleTest(ScriptedLoadableModuleTest):
         self.test_BundledModelOnSample()
 
     def test_BundledModelOnSample(self):
-        import numpy as np
+        from E2MISegModuleLib.SelfTest import runBundledModelOnSample
 
-        resources = os.path.join(os.path.dirname(__file__), "Resources")
-        model = os.path.join(resources, "Models", "e2miseg-hippocampus.safetensors")
-        samples = sorted(p for p in glob.glob(os.path.join(resources, "SampleData", "*.nii.gz")) if "_reference" not in p)
-        self.assertTrue(os.path.isfile(model), f"bundled model missing: {model}")
-        self.assertTrue(samples, f"no bundled sample image in {resources}/SampleData")
-        volume = slicer.util.loadVolume(samples[0])
-        self.delayDisplay("Segmenting the bundled sample")
-        logic = E2MISegModuleLogic()
-        segmentationNode = logic.process(volume, model=model, device="cpu", quality="fast")
-        card = logic.modelCard(model)[1]
-        segmentation = segmentationNode.GetSegmentation()
-        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
-                         [label["name"] for label in card["labels"]])
-        predicted = np.zeros(slicer.util.arrayFromVolume(volume).shape, dtype=bool)
-        for label in card["labels"]:
-            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, label["name"], volume) > 0
-            self.assertTrue(mask.any(), f"segment {label['name']} is empty")
-            predicted |= mask
-        reference = samples[0].replace(".nii.gz", "_reference.nii.gz")
-        if os.path.isfile(reference):
-            truth = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(reference)) > 0
-            dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-            self.assertGreater(dice, 0.5, f"foreground Dice {dice:.2f} against {os.path.basename(reference)}")
-        self.delayDisplay("Test passed")
+        runBundledModelOnSample(self, os.path.join(os.path.dirname(__file__), "Resources"), E2MISegModuleLogic())
