@@ -1,0 +1,221 @@
+"""e2miseg-train: plan, split, cache, sampler, a short real training run, resume, evaluate, export."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import ROOT, shared_file
+
+sys.path.insert(0, str(ROOT / "training"))  # the training package, also when not pip-installed
+
+from e2miseg_train.dataset import Case, split_cases  # noqa: E402
+
+TINY_CONFIG = {"dims": [8, 8, 16, 16], "proj_sizes": [8, 8, 8, 4], "num_heads": 2, "feature_size": 8, "dropout": 0.0}
+TINY_PATCH = [16, 32, 16]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hippocampus_mini() -> Path:
+    return shared_file("fixtures/Hippocampus_mini")
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(hippocampus_mini):
+    from e2miseg_train.plan import make_plan
+
+    plan = make_plan(hippocampus_mini, "e2miseg", name="tiny-hippocampus")
+    plan["card"]["inference"]["patch_size_zyx"] = TINY_PATCH
+    plan["card"]["architecture"]["config"].update(TINY_CONFIG, patch_size=TINY_PATCH)
+    return plan
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_plan):
+    """Four real iterations on the fixture, validated twice with the engine's predictor."""
+    from e2miseg_train.trainer import FitOptions, fit
+
+    out = tmp_path_factory.mktemp("run")
+    options = FitOptions(out=str(out), epochs=2, iters_per_epoch=2, batch_size=2, val_every=1, device="cpu",
+                         threads=1, warmup_iters=0, cache_dir=str(out / "cache"), save_every_minutes=100)
+    summary = fit(tiny_plan, options)
+    return out, summary
+
+
+def test_split_rule_holds_out_every_fifth_patient():
+    names = [f"hippocampus_{i:03d}" for i in (1, 3, 4, 6, 8, 11, 14, 15, 19, 20)]
+    cases = [Case(n, (Path(n),), Path(n)) for n in reversed(names)]
+    train, val = split_cases(cases)
+    assert [c.name for c in val] == ["hippocampus_008", "hippocampus_020"]
+    assert len(train) == 8
+    # ACDC: both frames of a patient land on the same side
+    acdc = [Case(f"patient{p:03d}_frame0{f}", (Path("x"),), Path("y")) for p in range(1, 11) for f in (1, 2)]
+    train, val = split_cases(acdc)
+    assert sorted({c.patient for c in val}) == ["patient005", "patient010"]
+    assert len(val) == 4 and not {c.patient for c in train} & {c.patient for c in val}
+
+
+def test_plan_fingerprints_the_fixture(hippocampus_mini, tmp_path):
+    from e2miseg_train.cli import main
+
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(hippocampus_mini), "--arch", "e2miseg", "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    fp = plan["fingerprint"]
+    assert fp["num_cases"] == 3
+    assert fp["median_spacing_xyz"] == [1.0, 1.0, 1.0]
+    assert abs(sum(fp["class_frequencies"]) - 1) < 1e-6 and len(fp["class_frequencies"]) == 3
+    assert fp["intensity_per_channel"][0]["std"] > 0
+    card = plan["card"]
+    patch = card["inference"]["patch_size_zyx"]
+    assert all(p % 16 == 0 for p in patch)  # stem 2 x three 2x stages
+    assert card["architecture"]["config"]["patch_size"] == patch
+    # label-ordered axes (anterior before posterior) are never mirrored
+    assert not set(card["inference"]["mirror_axes"]) & set(fp["label_ordered_axes"])
+    codes = [label["terminology"]["type_modifier"]["code"] for label in card["labels"]]
+    assert codes == ["255549009", "255551008"]
+    assert "CC-BY-SA 4.0" in card["license"]
+    assert plan["split"]["val"] and not set(plan["split"]["val"]) & set(plan["split"]["train"])
+
+
+def test_cached_labels_follow_the_image_onto_the_network_grid(tmp_path):
+    from e2miseg_train.cache import preprocess_case
+    from helpers import make_card
+
+    array = np.zeros((10, 24, 20), dtype=np.float32)
+    array[3:7, 8:16, 5:15] = 100
+    image = sitk.GetImageFromArray(array + np.random.default_rng(0).normal(0, 1, array.shape).astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 2.5))
+    label = sitk.GetImageFromArray((array > 0).astype(np.uint8))
+    label.CopyInformation(image)
+    sitk.WriteImage(image, str(tmp_path / "img.nii.gz"))
+    sitk.WriteImage(label, str(tmp_path / "lab.nii.gz"))
+    card = make_card(spacing=(1.25, 1.25, 1.25))
+    network_image, network_labels = preprocess_case(Case("c", (tmp_path / "img.nii.gz",), tmp_path / "lab.nii.gz"), card)
+    assert network_image.shape[1:] == network_labels.shape == (20, 19, 16)
+    assert set(np.unique(network_labels)) == {0, 1}
+    # the bright block and the label still coincide after resampling
+    bright = network_image[0] > network_image[0].mean()
+    overlap = np.logical_and(bright, network_labels == 1).sum() / max(1, (network_labels == 1).sum())
+    assert overlap > 0.9
+
+
+def test_sampler_oversamples_foreground_and_keeps_patch_shapes(tiny_plan, tmp_path):
+    from e2miseg.card import validate_card
+    from e2miseg_train.cache import load_cases
+    from e2miseg_train.dataset import list_cases
+    from e2miseg_train.sampling import PatchSampler
+
+    card = validate_card(tiny_plan["card"])
+    arrays = load_cases(list_cases(tiny_plan["dataset"]), card, tiny_plan["dataset"], tmp_path)
+    sampler = PatchSampler(list(arrays.values()), card, seed=3, fg_fraction=1.0)
+    for _ in range(4):
+        image, labels = sampler.sample()
+        assert image.shape == (1, *TINY_PATCH) and labels.shape == tuple(TINY_PATCH)
+        assert (labels > 0).any() and set(np.unique(labels)) <= {0, 1, 2}
+    images, targets = sampler.batch(3)
+    assert images.shape == (3, 1, *TINY_PATCH) and targets.dtype == torch.int64
+
+
+def test_short_training_run_produces_a_loadable_checkpoint(trained_run, hippocampus_mini):
+    import e2miseg
+
+    out, summary = trained_run
+    assert summary["iteration"] == 4 and summary["epoch"] == 2
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history if "val_dice" in h] == [1, 2]
+    assert all(0 <= d <= 1 for h in history if "val_dice" in h for d in h["val_dice"].values())
+    assert (out / "curves.png").stat().st_size > 1000 and "validation Dice" in (out / "train.log").read_text()
+    model, card = e2miseg.load_model(out / "best.safetensors", device="cpu")
+    assert card["provenance"]["split"]["val_cases"] == ["hippocampus_004"]
+    image = hippocampus_mini / "imagesTr" / "hippocampus_004.nii.gz"
+    labels = e2miseg.predict(str(image), model)
+    reference = sitk.ReadImage(str(image))
+    assert labels.GetSize() == reference.GetSize() and labels.GetSpacing() == reference.GetSpacing()
+    assert set(np.unique(sitk.GetArrayViewFromImage(labels))) <= {0, 1, 2}
+
+
+def test_resume_continues_from_the_saved_iteration(trained_run, tiny_plan):
+    from e2miseg_train.trainer import FitOptions, fit
+
+    out, _ = trained_run
+    before = torch.load(out / "state.pt", weights_only=True)
+    assert before["iteration"] == 4
+    options = FitOptions(out=str(out), epochs=3, iters_per_epoch=2, batch_size=2, val_every=1, device="cpu",
+                         threads=1, warmup_iters=0, cache_dir=str(out / "cache"), save_every_minutes=100)
+    summary = fit(tiny_plan, options)
+    assert summary["iteration"] == 6 and summary["epoch"] == 3
+    assert "resumed from" in (out / "train.log").read_text()
+    after = torch.load(out / "state.pt", weights_only=True)
+    assert after["iteration"] == 6
+    assert len([h for h in after["history"] if "loss" in h]) == 3  # history kept across the resume
+    changed = [k for k in before["model"] if not torch.equal(before["model"][k], after["model"][k])]
+    assert changed  # the resumed run trained further
+
+
+def test_time_budget_stops_a_run(tmp_path, tiny_plan):
+    from e2miseg_train.trainer import FitOptions, fit
+
+    options = FitOptions(out=str(tmp_path), epochs=1000, iters_per_epoch=2, batch_size=2, val_every=1000, device="cpu",
+                         threads=1, max_minutes=0.001, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
+    summary = fit(tiny_plan, options)
+    assert summary["iteration"] < 5
+    assert (tmp_path / "last.safetensors").exists() and (tmp_path / "state.pt").exists()
+
+
+def test_label_scores_perfect_and_empty_predictions():
+    from e2miseg_train.evaluate import label_scores
+
+    reference = np.zeros((12, 12, 12), dtype=np.uint8)
+    reference[3:8, 4:9, 2:10] = 1
+    perfect = label_scores(reference, reference, 1, (1.0, 1.0, 1.0))
+    assert perfect["dice"] == pytest.approx(1.0) and perfect["hd95_mm"] == pytest.approx(0.0)
+    shifted = np.roll(reference, 2, axis=0)
+    scores = label_scores(shifted, reference, 1, (2.0, 1.0, 1.0))  # 2 voxels along z at 2 mm
+    assert 0 < scores["dice"] < 1 and scores["hd95_mm"] == pytest.approx(4.0)
+    missing = label_scores(np.zeros_like(reference), reference, 1, (1.0, 1.0, 1.0))
+    assert missing["dice"] == 0.0 and math.isinf(missing["hd95_mm"])
+    assert label_scores(reference, reference, 2, (1.0, 1.0, 1.0))["dice"] == 1.0  # absent in both
+
+
+def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_path):
+    import e2miseg
+    from e2miseg_train.cli import main
+
+    out, _ = trained_run
+    eval_dir = tmp_path / "eval"
+    assert main(["evaluate", str(out / "best.safetensors"), str(hippocampus_mini), "--out", str(eval_dir),
+                 "--cases", "val", "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(open(eval_dir / "per_case.csv")))
+    assert [(r["case"], r["label"]) for r in rows] == [("hippocampus_004", "1"), ("hippocampus_004", "2")]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    assert (eval_dir / "boxplot.png").exists() and "| Anterior hippocampus | 1 |" in (eval_dir / "summary.md").read_text()
+
+    target = tmp_path / "models" / "tiny-hippocampus.safetensors"
+    assert main(["export", str(out), "--out", str(target), "--metrics", str(eval_dir / "summary.json"), "--record"]) == 0
+    index = json.loads((target.parent / "index.json").read_text())
+    assert target.name in index and len(index[target.name]["sha256"]) == 64
+    model, card = e2miseg.load_model(target, device="cpu")
+    provenance = card["provenance"]
+    assert provenance["split"]["val_cases"] == ["hippocampus_004"] and provenance["split"]["train_count"] == 2
+    assert provenance["training"]["total_iterations"] >= 4
+    assert set(provenance["validation"]["per_label"]) == {"Anterior hippocampus", "Posterior hippocampus"}
+    assert card["labels"][0]["terminology"]["type"]["code"] == "5366008"
+    assert "CC-BY-SA 4.0" in card["license"]
+    markdown = target.with_suffix(".md").read_text()
+    assert "Validation" in markdown and (target.parent / "tiny-hippocampus-curves.png").exists()

@@ -1,0 +1,177 @@
+"""``e2miseg-train``: plan, fit, evaluate, export."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from e2miseg.errors import E2MISegError
+
+
+def _plan_from(args) -> dict:
+    from .plan import make_plan, read_plan
+
+    source = Path(args.plan)
+    if source.is_file():
+        return read_plan(source)
+    return make_plan(source, args.arch, name=getattr(args, "name", None))
+
+
+def cmd_plan(args) -> int:
+    from .plan import make_plan, write_plan
+
+    plan = make_plan(args.dataset, args.arch, name=args.name, max_patch_voxels=args.max_patch_voxels,
+                     target_spacing_xyz=args.spacing)
+    out = Path(args.out or f"runs/plans/{plan['card']['name']}.json")
+    write_plan(plan, out)
+    fp = plan["fingerprint"]
+    print(f"{fp['dataset']}: {fp['num_cases']} cases, median spacing (x,y,z) {fp['median_spacing_xyz']}, "
+          f"median shape (z,y,x) {fp['median_shape_zyx']}, class frequencies {[round(f, 4) for f in fp['class_frequencies']]}")
+    print(f"proposed: spacing {plan['card']['preprocessing']['target_spacing_xyz']}, patch (z,y,x) "
+          f"{plan['card']['inference']['patch_size_zyx']}, normalisation "
+          f"{[c['normalization']['scheme'] for c in plan['card']['channels']]}, mirror axes {plan['card']['inference']['mirror_axes']}, "
+          f"split {len(plan['split']['train'])} train / {len(plan['split']['val'])} val")
+    print(f"plan written to {out}")
+    return 0
+
+
+def _apply_overrides(plan: dict, args) -> dict:
+    from .baselines import baseline_plan
+
+    card = plan["card"]
+    if args.patch:
+        card["inference"]["patch_size_zyx"] = list(args.patch)
+        if "patch_size" in card["architecture"]["config"]:
+            card["architecture"]["config"]["patch_size"] = list(args.patch)
+    if args.config:
+        card["architecture"]["config"].update(json.loads(args.config))
+    if args.name:
+        card["name"] = args.name
+    if args.baseline:
+        plan = baseline_plan(plan, args.baseline, **json.loads(args.baseline_config or "{}"))
+        if args.name:
+            plan["card"]["name"] = args.name
+    from e2miseg.card import validate_card
+
+    validate_card(plan["card"])
+    return plan
+
+
+def cmd_fit(args) -> int:
+    from .trainer import FitOptions, fit
+
+    plan = _apply_overrides(_plan_from(args), args)
+    options = FitOptions(out=args.out, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+                         schedule_clock=args.schedule_clock, warmup_iters=args.warmup, max_minutes=args.max_minutes,
+                         val_every=args.val_every, val_step=args.val_step, max_val_cases=args.max_val_cases,
+                         save_every_minutes=args.save_every, device=args.device, threads=args.threads, seed=args.seed,
+                         fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, augment=not args.no_augment,
+                         amp=not args.no_amp, cache_dir=args.cache_dir, save_rank_weights=args.save_rank_weights)
+    fit(plan, options)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    summary = evaluate(args.model, args.dataset, args.out, cases=args.cases, device=args.device, threads=args.threads,
+                       step=args.step, tta=args.tta, limit=args.limit)
+    print(summary["markdown"])
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    path = export_run(args.run, args.out, checkpoint=args.checkpoint, metrics=args.metrics, name=args.name,
+                      version=args.version, half_precision=not args.fp32, record=args.record)
+    print(f"exported {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2miseg-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="fingerprint an MSD dataset and propose a training plan")
+    p.add_argument("dataset")
+    p.add_argument("--arch", default="e2miseg", choices=["e2miseg", "ehanet", "s2anet"])
+    p.add_argument("--name", help="model name in the card (default ARCH-DATASET)")
+    p.add_argument("--out", help="plan JSON path (default runs/plans/NAME.json)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="target spacing in mm (default: median)")
+    p.add_argument("--max-patch-voxels", type=int, default=64 ** 3)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("fit", help="train (resumes from OUT/state.pt); launch with torchrun for DDP")
+    p.add_argument("plan", help="plan JSON from `plan`, or a dataset folder (planned on the fly)")
+    p.add_argument("--out", required=True, help="run folder (logs, state, checkpoints)")
+    p.add_argument("--arch", default="e2miseg", choices=["e2miseg", "ehanet", "s2anet"])
+    p.add_argument("--name")
+    p.add_argument("--baseline", choices=["monai-dynunet"], help="train a comparison baseline with the same plan")
+    p.add_argument("--baseline-config", help="JSON overrides of the baseline config")
+    p.add_argument("--config", help="JSON overrides of the architecture config")
+    p.add_argument("--patch", type=int, nargs="+", help="patch size (z y x) or in-plane (a b)")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--iters-per-epoch", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=["poly", "cosine"], default="poly")
+    p.add_argument("--schedule-clock", choices=["iterations", "time"], default="iterations",
+                   help="'time' anneals the lr over --max-minutes (for budgeted runs)")
+    p.add_argument("--warmup", type=int, default=50, help="linear lr warm-up iterations")
+    p.add_argument("--max-minutes", type=float, help="wall-clock training budget (total over resumes)")
+    p.add_argument("--val-every", type=int, default=2, help="validate every N epochs")
+    p.add_argument("--val-step", type=float, help="sliding-window step for validation (default: card)")
+    p.add_argument("--max-val-cases", type=int)
+    p.add_argument("--save-every", type=float, default=3.0, help="minutes between resume states")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fg-fraction", type=float, default=0.33)
+    p.add_argument("--grad-clip", type=float, default=12.0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--cache-dir", default="runs/cache")
+    p.add_argument("--save-rank-weights", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="segment cases with the engine and score Dice / HD95 (mm)")
+    p.add_argument("model", help="checkpoint path or store name")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="output folder (CSV, summary, box plot)")
+    p.add_argument("--cases", default="val", help="val, train, all, or comma-separated case names")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--step", type=float)
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--limit", type=int, help="evaluate at most N cases")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write the single-file checkpoint with the full model card")
+    p.add_argument("run", help="run folder from `fit`")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--metrics", help="summary.json from `evaluate` to put in the card")
+    p.add_argument("--name")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--fp32", action="store_true", help="keep float32 (default stores fp16)")
+    p.add_argument("--record", action="store_true", help="record the sha256 in the folder's index.json")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except E2MISegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

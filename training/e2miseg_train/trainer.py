@@ -1,0 +1,350 @@
+"""``fit``: the training loop (single process or torchrun DDP).
+
+One iteration = one batch of augmented patches through the architecture's own loss. An "epoch" is a
+fixed number of iterations (nnU-Net's convention), so validation and logging do not depend on the
+dataset size. The run folder holds: ``plan.json``, ``train.log``, ``state.pt`` (resume state, tensors
+and plain containers only, loaded with ``weights_only=True``), ``best.safetensors`` /
+``last.safetensors`` (engine checkpoints with cards), ``history.json`` and ``curves.png``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e2miseg.card import validate_card
+from e2miseg.checkpoint import save_checkpoint
+from e2miseg.inference import resolve_device
+
+from .baselines import build_network
+from .cache import load_cases
+from .dataset import list_cases
+from .report import plot_curves, setup_logger
+from .sampling import PatchSampler
+from .validation import validate
+
+
+@dataclass
+class FitOptions:
+    out: str
+    epochs: int = 1000
+    iters_per_epoch: int = 50
+    batch_size: int = 2
+    optimizer: str = "adamw"  # adamw | sgd (nesterov, momentum 0.99 as nnU-Net)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "poly"  # poly | cosine
+    schedule_clock: str = "iterations"  # iterations | time (anneal over --max-minutes instead)
+    warmup_iters: int = 50
+    max_minutes: float | None = None
+    val_every: int = 2  # epochs
+    val_step: float | None = None
+    max_val_cases: int | None = None
+    save_every_minutes: float = 3.0
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    fg_fraction: float = 0.33
+    grad_clip: float = 12.0
+    augment: bool = True
+    amp: bool = True  # only ever used on CUDA
+    cache_dir: str = "runs/cache"
+    save_rank_weights: bool = False  # debugging/tests: every DDP rank writes its final weights
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(progress: float, schedule: str, iteration: int, warmup: int) -> float:
+    """Multiplier of the base lr at ``progress`` in [0, 1] (after a short linear warm-up)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "poly":
+        factor = (1 - progress) ** 0.9
+    elif schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use poly or cosine")
+    if warmup and iteration < warmup:
+        factor *= (iteration + 1) / warmup
+    return max(factor, 1e-3)
+
+
+def make_optimizer(model: torch.nn.Module, options: FitOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=options.lr, momentum=0.99, nesterov=True,
+                               weight_decay=options.weight_decay)
+    if options.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    raise ValueError(f"unknown optimizer {options.optimizer!r}; use adamw or sgd")
+
+
+class Distributed:
+    """torchrun environment (WORLD_SIZE/RANK/LOCAL_RANK) or a single process."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1:
+            import torch.distributed as dist
+
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if any rank says so (so all ranks stop at the same iteration)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        tensor = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item() > 0)
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank, as DDP does before each forward."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": list(random.getstate()[1])}
+
+
+def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptions, train_names, val_names,
+                  best: dict[str, Any] | None) -> dict[str, Any]:
+    """The plan's card plus provenance of this run (filled again by ``export`` with evaluation)."""
+    card = json.loads(json.dumps(plan["card"]))
+    labels = {str(label["value"]): label["name"] for label in card["labels"]}
+    card["provenance"] = {
+        "dataset": plan.get("dataset_name"), "dataset_path": plan.get("dataset"),
+        "split": {"rule": plan["split"]["rule"], "train_count": len(train_names), "val_count": len(val_names),
+                  "val_cases": list(val_names)},
+        "training": {"iterations": state["iteration"], "epochs": state["epoch"],
+                     "wall_time_minutes": round(state["train_seconds"] / 60, 1),
+                     "batch_size": options.batch_size, "optimizer": options.optimizer, "lr": options.lr,
+                     "weight_decay": options.weight_decay, "schedule": options.schedule,
+                     "schedule_clock": options.schedule_clock, "fg_fraction": options.fg_fraction,
+                     "grad_clip": options.grad_clip, "seed": options.seed, "augmentation": options.augment,
+                     "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+                     "torch": torch.__version__, "trainer": "e2miseg-train"},
+    }
+    if best:
+        card["provenance"]["validation_during_training"] = {
+            "epoch": best["epoch"], "grid": "network grid",
+            "dice": {labels.get(k, k): round(v, 4) for k, v in best["val_dice"].items()}}
+    return card
+
+
+def fit(plan: dict[str, Any], options: FitOptions) -> dict[str, Any]:
+    """Train as ``plan`` says; returns the final state summary. Resumes from ``out/state.pt``."""
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = resolve_device(options.device)
+    dist = Distributed(device)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    log = setup_logger(out / "train.log", dist.rank)
+    say = (lambda msg: (log.info(msg), print(msg, flush=True))) if dist.main else (lambda msg: None)
+    card = validate_card(plan["card"])  # defaults filled: the settings inference will use
+    if dist.main:
+        (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        (out / "options.json").write_text(json.dumps(asdict(options), indent=2) + "\n")
+
+    cases = {c.name: c for c in list_cases(plan["dataset"])}
+    train_names = [n for n in plan["split"]["train"] if n in cases]
+    val_names = [n for n in plan["split"]["val"] if n in cases]
+    if options.max_val_cases:
+        val_names = val_names[: options.max_val_cases]
+    wanted = [cases[n] for n in train_names + val_names]
+    if not dist.main:
+        dist.barrier()  # rank 0 fills the cache first; the others then only read it
+    arrays = load_cases(wanted, card, plan["dataset"], options.cache_dir, verbose=dist.main)
+    if dist.main:
+        dist.barrier()
+    val_arrays = {n: arrays[n] for n in val_names}
+
+    set_seeds(options.seed)  # identical initial weights on every rank
+    model = build_network(card["architecture"]["name"], card["architecture"]["config"]).to(device)
+    loss_fn = model.default_loss()
+    optimizer = make_optimizer(model, options)
+    use_amp = options.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    state: dict[str, Any] = {"iteration": 0, "epoch": 0, "train_seconds": 0.0, "best_score": -1.0, "history": []}
+
+    state_path = out / "state.pt"
+    if state_path.exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        state.update({k: saved[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history")})
+        say(f"resumed from {state_path} at iteration {state['iteration']} (epoch {state['epoch']}, "
+            f"{state['train_seconds'] / 60:.1f} min trained)")
+    # Data order after a resume is a deterministic function of (seed, rank, iteration).
+    sampler = PatchSampler([arrays[n] for n in train_names], card, seed=options.seed * 1000 + dist.rank + 7919 * state["iteration"],
+                           fg_fraction=options.fg_fraction, augment=options.augment)
+    set_seeds(options.seed + 7919 * state["iteration"] + dist.rank)
+
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    total_iters = options.epochs * options.iters_per_epoch
+    budget = options.max_minutes * 60 if options.max_minutes else None
+    labels = {label["value"]: label["name"] for label in card["labels"]}
+    say(f"training {card['architecture']['name']} on {len(train_names)} cases (val {len(val_names)}), "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, device {device}, world {dist.world}, "
+        f"{total_iters} iterations max" + (f", budget {options.max_minutes} min" if budget else ""))
+
+    def save_state() -> None:
+        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scaler": scaler.state_dict() if scaler is not None else {}, "rng": _rng_state(),
+                   **{k: state[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history")}}
+        tmp = out / ".state.pt.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, state_path)
+
+    def save_weights(name: str, best: dict[str, Any] | None) -> None:
+        card_now = training_card(plan, state, options, train_names, val_names, best)
+        save_checkpoint(out / name, model.state_dict(), card_now)
+
+    def run_validation() -> dict[str, Any]:
+        started = time.time()
+        result = validate(model, card, val_arrays, device=str(device), step=options.val_step)
+        entry = {"epoch": state["epoch"], "iteration": state["iteration"],
+                 "val_dice": {str(k): v for k, v in result["dice"].items()}, "val_mean": result["mean_dice"],
+                 "val_seconds": round(time.time() - started, 1), "minutes": round(state["train_seconds"] / 60, 2)}
+        state["history"].append(entry)
+        scores = ", ".join(f"{labels[k]} {v:.4f}" for k, v in result["dice"].items())
+        say(f"epoch {state['epoch']} iteration {state['iteration']}: validation Dice {scores} (mean {result['mean_dice']:.4f}, "
+            f"{entry['val_seconds']}s)")
+        if result["mean_dice"] > state["best_score"]:
+            state["best_score"] = result["mean_dice"]
+            save_weights("best.safetensors", entry)
+            say(f"new best checkpoint (mean Dice {result['mean_dice']:.4f})")
+        return entry
+
+    from tqdm import tqdm
+
+    progress_bar = tqdm(total=total_iters, initial=state["iteration"], disable=not dist.main, mininterval=10,
+                        dynamic_ncols=True, desc=card["name"])
+    model.train()
+    session_start = time.time()
+    seconds_before = state["train_seconds"]
+    last_state_save = time.time()
+    epoch_losses: list[float] = []
+    last_val_seconds = 0.0
+    stop_reason = "iterations done"
+    while state["iteration"] < total_iters:
+        state["train_seconds"] = seconds_before + time.time() - session_start
+        # Stop early enough for the final validation and saving to fit in the budget.
+        out_of_time = budget is not None and state["train_seconds"] + last_val_seconds * 1.2 >= budget
+        if dist.any_flag(out_of_time):
+            stop_reason = f"time budget of {options.max_minutes} min reached"
+            break
+        if options.schedule_clock == "time" and budget:
+            progress = max(state["iteration"] / total_iters, state["train_seconds"] / budget)
+        else:
+            progress = state["iteration"] / total_iters
+        factor = lr_factor(progress, options.schedule, state["iteration"], options.warmup_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * factor
+        images, targets = sampler.batch(options.batch_size)
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=use_amp):
+            loss = loss_fn(net(images), targets)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+        epoch_losses.append(float(loss.detach()))
+        state["iteration"] += 1
+        progress_bar.update(1)
+        if budget:
+            progress_bar.set_postfix_str(f"loss {epoch_losses[-1]:.3f} lr {options.lr * factor:.2e} "
+                                         f"budget left {max(0.0, budget - state['train_seconds']) / 60:.1f} min", refresh=False)
+        if state["iteration"] % options.iters_per_epoch == 0:
+            state["epoch"] += 1
+            entry = {"epoch": state["epoch"], "iteration": state["iteration"], "loss": float(np.mean(epoch_losses)),
+                     "lr": options.lr * factor, "minutes": round(state["train_seconds"] / 60, 2)}
+            state["history"].append(entry)
+            say(f"epoch {state['epoch']} iteration {state['iteration']}: loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
+                f"({entry['minutes']:.1f} min)")
+            epoch_losses = []
+            if dist.main and val_arrays and state["epoch"] % options.val_every == 0:
+                val_entry = run_validation()
+                last_val_seconds = val_entry["val_seconds"]
+                plot_curves(state["history"], labels, out / "curves.png", card["name"])
+                save_weights("last.safetensors", None)
+            dist.barrier()
+        if dist.main and time.time() - last_state_save >= options.save_every_minutes * 60:
+            save_state()
+            last_state_save = time.time()
+    progress_bar.close()
+    dist.sync_buffers(model)
+    state["train_seconds"] = seconds_before + time.time() - session_start
+    if dist.main:
+        if val_arrays and (not state["history"] or state["history"][-1].get("iteration") != state["iteration"]
+                           or "val_dice" not in state["history"][-1]):
+            run_validation()
+        state["train_seconds"] = seconds_before + time.time() - session_start
+        save_weights("last.safetensors", None)
+        if not (out / "best.safetensors").exists():
+            save_weights("best.safetensors", None)
+        save_state()
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+        plot_curves(state["history"], labels, out / "curves.png", card["name"])
+        say(f"stopped: {stop_reason}; {state['iteration']} iterations, {state['train_seconds'] / 60:.1f} min, "
+            f"best mean validation Dice {state['best_score']:.4f}")
+    if options.save_rank_weights:
+        save_checkpoint(out / f"rank{dist.rank}.safetensors", model.state_dict(), plan["card"])
+    dist.barrier()
+    dist.close()
+    return {k: state[k] for k in ("iteration", "epoch", "train_seconds", "best_score")}
