@@ -61,7 +61,8 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
             card: dict[str, Any] | None = None, *, device: str | None = None, step: float | None = None,
             fast: bool = False, tta: bool = False, batch_size: int | None = None, keep_largest: bool = False,
             min_island_mm3: float = 0.0, return_probabilities: bool = False,
-            progress: ProgressCallback | None = None, cancel: CancelToken | None = None):
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+            refine_edges: bool = False, edge_strength: float | None = None):
     """Segment one case: file paths or SimpleITK images in, a uint8 label image on the input grid out.
 
     :param images: one path/image per channel, a 4D image, or a DICOM series folder.
@@ -70,6 +71,8 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     :param return_probabilities: also return the class probabilities on the input grid (vector image).
     :param progress: called with ``ProgressEvent`` (stage, done, total, eta_s).
     :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.
+    :param refine_edges: refine edges against the image in a narrow band (``e2miseg.edges``).
+    :param edge_strength: 0 (off) .. 1; None is the measured default (``e2miseg.edges.DEFAULT_STRENGTH``).
     """
     reporter = Reporter(progress, cancel)
     reporter.report("load", 0, 1)
@@ -91,7 +94,12 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     del array
     reporter.report("postprocess", 0, 1)
     labels = labels_on_input_grid(probabilities, grid, channels[0])
+    probability_map = probability_image(probabilities, grid, channels[0]) if refine_edges or return_probabilities else None
+    if refine_edges:
+        from .edges import refine_prediction
+
+        labels = refine_prediction(channels[0], labels, probability_map, strength=edge_strength)
     labels = clean_labels(labels, [entry["value"] for entry in card["labels"]], keep_largest, min_island_mm3)
-    result = (labels, probability_image(probabilities, grid, channels[0])) if return_probabilities else labels
+    result = (labels, probability_map) if return_probabilities else labels
     reporter.report("postprocess", 1, 1)
     return result

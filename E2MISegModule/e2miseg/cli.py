@@ -93,6 +93,9 @@ def cmd_predict(args) -> int:
     if args.preview and not args.preview.lower().endswith(".png"):
         raise OutputError(f"the preview {args.preview} must be a .png file")
     _check_output(inputs, output)  # before importing torch: a typo costs milliseconds, not a model load
+    from .cli_refine import check_predict_edge_args, write_prediction_uncertainty
+
+    check_predict_edge_args(args)
     from . import api
     from .io import write_result
 
@@ -101,12 +104,16 @@ def cmd_predict(args) -> int:
     model, card = api.load_model(args.model, args.device)
     labels = api.predict([str(p) for p in inputs], model, card, step=args.step, fast=args.fast, tta=args.tta,
                          keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
-                         progress=progress, cancel=cancel)
+                         progress=progress, cancel=cancel, refine_edges=args.refine_edges, edge_strength=args.edge_strength,
+                         return_probabilities=bool(args.uncertainty))
+    labels, probabilities = labels if args.uncertainty else (labels, None)
     if isinstance(progress, TqdmProgress):
         progress.close()
     if args.json_progress:
         _json_line({"stage": "write", "done": 0, "total": 1, "eta_s": None, "message": ""})
     write_result(labels, card, output)
+    if args.uncertainty:
+        write_prediction_uncertainty(probabilities, labels, args.uncertainty)
     if args.preview:
         from .io import read_channels
         from .preview import write_preview
@@ -174,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-progress", action="store_true", help="print one JSON progress object per line on stdout")
     p.add_argument("--preview", help="also write a PNG overlay preview (mid slices in three orientations)")
     p.add_argument("--format", default=".seg.nrrd", help="output extension for cohort runs (default .seg.nrrd)")
+    from .cli_refine import add_predict_edge_flags, add_refine_parser
+
+    add_predict_edge_flags(p)
     p.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("models", help="list, inspect, import or convert models")
@@ -184,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", help="convert: output .safetensors file")
     m.add_argument("--trust-pickle", action="store_true", help="convert: I trust this file's author; allow unpickling it")
     m.set_defaults(func=cmd_models)
+
+    add_refine_parser(sub)
     return parser
 
 
