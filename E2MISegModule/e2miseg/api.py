@@ -16,12 +16,11 @@ import torch
 from .checkpoint import load_weights_into, read_checkpoint
 from .errors import CheckpointError
 from .inference import InferenceOptions, Predictor, resolve_device
-from .io import read_channels
 from .postprocess import clean_labels, labels_on_input_grid, probability_image
 from .preprocess import preprocess
 from .progress import CancelToken, ProgressCallback, Reporter
 from .store import resolve
-from .validate import check_input
+from .validate import read_checked_channels
 
 ImageInput = Union[str, os.PathLike, sitk.Image]
 
@@ -81,8 +80,7 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     card = card or getattr(model, "card", None)
     if card is None:
         raise CheckpointError("predict() needs the model card: pass card=... or a model from e2miseg.load_model")
-    channels = read_channels(images)
-    check_input(channels, card)
+    channels = read_checked_channels(images, card)  # headers are checked before any voxel is read
     reporter.report("load", 1, 1)
     reporter.report("preprocess", 0, 1)
     array, grid = preprocess(channels, card)

@@ -56,15 +56,11 @@ def _progress_for(args) -> Callable:
 
 
 def _check_output(inputs: list[Path], output: Path) -> None:
-    from .io import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
+    from .io import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, check_output_folder, suffix_of
 
     if suffix_of(output) not in (SEGMENTATION_SUFFIX,) + LABELMAP_SUFFIXES:
         raise OutputError(f"unknown output type for {output.name}; use .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
-    folder = output.parent
-    if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist; create it or choose another output path")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"output folder {folder} is not writable; choose a folder you can write to")
+    check_output_folder(output)
     for item in inputs:
         if not item.exists():
             raise InputImageError(f"{item} does not exist; check the path")
@@ -96,13 +92,20 @@ def cmd_predict(args) -> int:
     from .cli_refine import check_predict_edge_args, write_prediction_uncertainty
 
     check_predict_edge_args(args)
+    from .checkpoint import read_card
+    from .store import resolve
+    from .validate import read_checked_channels
+
+    cancel = _cancel_on_signal()
+    # The input is checked against the model's card (header first, then voxels) before torch loads,
+    # so a bad file fails in a second; the checksum is verified when the weights load below.
+    channels = read_checked_channels([str(p) for p in inputs], read_card(resolve(args.model, verify=False).path))
     from . import api
     from .io import write_result
 
     progress = _progress_for(args)
-    cancel = _cancel_on_signal()
     model, card = api.load_model(args.model, args.device)
-    labels = api.predict([str(p) for p in inputs], model, card, step=args.step, fast=args.fast, tta=args.tta,
+    labels = api.predict(channels, model, card, step=args.step, fast=args.fast, tta=args.tta,
                          keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
                          progress=progress, cancel=cancel, refine_edges=args.refine_edges, edge_strength=args.edge_strength,
                          return_probabilities=bool(args.uncertainty))

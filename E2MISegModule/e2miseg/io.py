@@ -7,8 +7,14 @@ existing output survives any failure.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
+import uuid
+import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -29,7 +35,200 @@ def _first_line(exc: Exception) -> str:
     for line in lines:
         if line.startswith("Description:"):
             return line[len("Description:"):].strip()
-    return lines[-1] if lines else type(exc).__name__
+    line = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"^(sitk|itk)::ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", line)
+
+
+def _unreadable(path: Path, exc: RuntimeError) -> InputImageError:
+    detail = _first_line(exc)
+    if "Unable to determine ImageIO reader" in detail:
+        return InputImageError(f"{path.name} is not an image file E2MISeg can read; export it as .nii.gz, .nrrd, .mha or a DICOM series")
+    return InputImageError(f"{path.name} cannot be read as an image ({detail}); the file may be truncated or not an image")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file says about its image, read without loading a voxel (so bad or huge inputs fail cheaply)."""
+
+    name: str
+    dimension: int
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major, dimension x dimension
+    components: int = 1
+    bytes_per_component: int = 4
+    modality: str | None = None  # DICOM (0008,0060) when the file carries it
+
+    @property
+    def channels(self) -> int:
+        return self.size[3] if self.dimension == 4 else self.components
+
+    @property
+    def size_xyz(self) -> tuple[int, int, int]:
+        """Spatial size; a 2D image is a one-slice volume (as ``as_volume`` makes it)."""
+        return tuple(self.size[:3]) if self.dimension >= 3 else tuple(self.size[:2]) + (1,) * (3 - self.dimension)
+
+    @property
+    def spacing_xyz(self) -> tuple[float, float, float]:
+        return tuple(self.spacing[:3]) if self.dimension >= 3 else tuple(self.spacing[:2]) + (1.0,) * (3 - self.dimension)
+
+    @property
+    def direction_3x3(self) -> np.ndarray:
+        full = np.array(self.direction, dtype=float).reshape(self.dimension, self.dimension)
+        matrix = np.eye(3)
+        n = min(3, self.dimension)
+        matrix[:n, :n] = full[:n, :n]
+        return matrix
+
+
+def _component_bytes(pixel_id: int) -> int:
+    text = sitk.GetPixelIDValueAsString(pixel_id)
+    match = re.search(r"(\d+)-bit", text)
+    bits = int(match.group(1)) if match else 64
+    return bits // 8 * (2 if "complex" in text else 1)
+
+
+def header_of(image: sitk.Image, name: str = "input image") -> ImageHeader:
+    return ImageHeader(name, image.GetDimension(), tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                       tuple(image.GetDirection()), image.GetNumberOfComponentsPerPixel(), _component_bytes(image.GetPixelID()))
+
+
+def _header_from_reader(reader: sitk.ImageFileReader, name: str, slices: int | None = None) -> ImageHeader:
+    modality = reader.GetMetaData("0008|0060").strip() or None if reader.HasMetaDataKey("0008|0060") else None
+    size = tuple(reader.GetSize())
+    if slices is not None:  # a DICOM series: one file's header, as many slices as files
+        size = size[:2] + (slices,)
+    return ImageHeader(name, len(size), size, tuple(reader.GetSpacing())[:len(size)], tuple(reader.GetOrigin())[:len(size)],
+                       tuple(reader.GetDirection()) if len(size) == reader.GetDimension() else tuple(np.eye(len(size)).ravel()),
+                       reader.GetNumberOfComponents(), _component_bytes(reader.GetPixelID()), modality)
+
+
+def read_header(item: str | os.PathLike | sitk.Image) -> ImageHeader:
+    """The header of an image file, DICOM series folder or in-memory image; no voxel data is read."""
+    if isinstance(item, sitk.Image):
+        return header_of(item)
+    path = Path(item)
+    if not path.exists():
+        raise InputImageError(f"{path} does not exist; check the path")
+    reader = sitk.ImageFileReader()
+    try:
+        if path.is_dir():
+            files = _dicom_series_files(path)
+            reader.SetFileName(files[0])
+            reader.ReadImageInformation()
+            return _header_from_reader(reader, path.name, len(files))
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from None
+    return _header_from_reader(reader, path.name)
+
+
+# ---- truncation: ITK reads a cut-short NIfTI without complaint and fills the rest with garbage ----
+
+_META_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+               "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _nifti_expected_bytes(head: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file must hold (header, extensions, voxels), or None if the header is not NIfTI."""
+    if len(head) < 540:
+        head = head + b"\0" * (540 - len(head))
+    for endian in "<>":
+        (sizeof_hdr,) = struct.unpack(endian + "i", head[:4])
+        if sizeof_hdr == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            (bitpix,) = struct.unpack(endian + "h", head[72:74])
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if sizeof_hdr == 540:
+            dims = struct.unpack(endian + "8q", head[16:80])
+            (bitpix,) = struct.unpack(endian + "h", head[14:16])
+            (offset,) = struct.unpack(endian + "q", head[168:176])
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d <= 0 for d in dims[1:dims[0] + 1]):
+        return None  # leave odd headers to ITK, which names their problem
+    return max(offset, sizeof_hdr) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
+
+
+def _truncated(path: Path, have: int, expected: int) -> InputImageError:
+    return InputImageError(f"{path.name} is truncated: it holds {have} of the {expected} bytes its header promises; "
+                           f"copy or export the file again")
+
+
+def _check_nifti_complete(path: Path, compressed: bool) -> None:
+    if not compressed:
+        with open(path, "rb") as f:
+            expected = _nifti_expected_bytes(f.read(540))
+        if expected is not None and path.stat().st_size < expected:
+            raise _truncated(path, path.stat().st_size, expected)
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            expected = _nifti_expected_bytes(f.read(540))
+    except (OSError, EOFError, zlib.error):
+        return  # not gzip at all: ITK gives the better message
+    if expected is None:
+        return
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        (stored_size,) = struct.unpack("<I", f.read(4))  # gzip trailer: uncompressed size mod 2**32
+    if stored_size == expected % (1 << 32):
+        return
+    # The trailer disagrees: a truncated stream, or a multi-member / padded one. Decompress to know.
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                total += len(block)
+    except EOFError:
+        raise _truncated(path, total, expected) from None
+    except (OSError, zlib.error) as exc:
+        raise InputImageError(f"{path.name} is a damaged gzip file ({exc}); copy or export it again") from None
+    if total < expected:
+        raise _truncated(path, total, expected)
+
+
+def _check_meta_complete(path: Path) -> None:
+    """MetaImage with LOCAL data: the data after the header must be as long as the header says."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    fields: dict[str, str] = {}
+    offset = 0
+    for raw in head.split(b"\n"):
+        offset += len(raw) + 1
+        key, _, value = raw.decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    else:
+        return
+    if fields.get("ElementDataFile") != "LOCAL":
+        return
+    have = path.stat().st_size - offset
+    if fields.get("CompressedData", "False").lower() == "true":
+        expected = int(fields["CompressedDataSize"]) if fields.get("CompressedDataSize", "").isdigit() else None
+    else:
+        try:
+            count = int(np.prod([int(v) for v in fields["DimSize"].split()], dtype=np.int64))
+            expected = count * int(fields.get("ElementNumberOfChannels", "1")) * _META_BYTES[fields["ElementType"]]
+        except (KeyError, ValueError):
+            expected = None
+    if expected is not None and have < expected:
+        raise _truncated(path, max(have, 0), expected)
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Refuse a file whose voxel data is shorter than its header promises (NIfTI and MetaImage)."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_complete(path, suffix == ".nii.gz")
+    elif suffix == ".mha":
+        _check_meta_complete(path)
 
 
 def suffix_of(path: str | os.PathLike) -> str:
@@ -40,14 +239,24 @@ def suffix_of(path: str | os.PathLike) -> str:
     return Path(path).suffix.lower()
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+def _dicom_series_files(folder: Path) -> list[str]:
+    # GDCM prints an ITK warning for a folder without series; the error below says it in one line
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise InputImageError(f"{folder} is a folder with no DICOM series or images; point to an image file or a DICOM series folder")
     if len(series) > 1:
         raise InputImageError(f"{folder} holds {len(series)} DICOM series; put one series per folder")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(_dicom_series_files(folder))
     return reader.Execute()
 
 
@@ -59,11 +268,12 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     try:
         if path.is_dir():
             return _read_dicom_folder(path)
+        check_complete(path)
         return sitk.ReadImage(str(path))
     except InputImageError:
         raise
     except RuntimeError as exc:
-        raise InputImageError(f"{path.name} cannot be read as an image ({_first_line(exc)}); the file may be truncated or not an image") from None
+        raise _unreadable(path, exc) from None
 
 
 def split_channels(image: sitk.Image) -> list[sitk.Image]:
@@ -121,22 +331,36 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
+def check_output_folder(path: str | os.PathLike) -> None:
+    """The output's folder must exist and be writable, and the output must not be a folder."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output folder {folder} is a file, not a folder; choose another output path")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist; create it or choose another output path")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"output folder {folder} is not writable; choose a folder you can write to")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a folder; give a file name such as {path.name}.seg.nrrd")
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist; create it or choose another output path")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"output folder {folder} is not writable; choose a folder you can write to")
+    check_output_folder(path)
     suffix = suffix_of(path)
-    tmp = folder / f".{path.name[: -len(suffix)] if suffix else path.name}.{os.getpid()}.{id(path)}.tmp{suffix}"
+    # unique per process and call: two writers of one output never share a temporary file
+    tmp = folder / f".{path.name[: -len(suffix)] if suffix else path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); check free space and permissions") from None
+    except RuntimeError as exc:  # ITK writers report I/O failures as RuntimeError
+        raise OutputError(f"cannot write {path} ({_first_line(exc)}); check free space and permissions") from None
     finally:
         if tmp.exists():
             tmp.unlink()

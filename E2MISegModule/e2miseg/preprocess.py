@@ -51,7 +51,15 @@ def nonzero_box(arrays: list[np.ndarray]) -> tuple[tuple[int, ...], tuple[int, .
 def normalize(array: np.ndarray, scheme: dict[str, Any]) -> np.ndarray:
     """Intensity normalisation in float32; statistics never divide by zero."""
     kind = scheme["scheme"]
-    array = array.astype(np.float32, copy=True)
+    # 32/64-bit integers and doubles lose their contrast in float32 (uint32 near 4e9 has a 512 step):
+    # compute in float64 and return float32 once the values are small.
+    wide = array.dtype.itemsize >= 4 and array.dtype != np.float32
+    if wide:
+        return _normalize(array.astype(np.float64, copy=True), kind, scheme).astype(np.float32)
+    return _normalize(array.astype(np.float32, copy=True), kind, scheme)
+
+
+def _normalize(array: np.ndarray, kind: str, scheme: dict[str, Any]) -> np.ndarray:
     if kind == "none":
         return array
     if kind == "ct":

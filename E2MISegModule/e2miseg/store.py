@@ -46,9 +46,13 @@ def _read_index(folder: Path) -> dict[str, Any]:
     if not index.is_file():
         return {}
     try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{index} is not valid JSON; delete it and re-import the models") from None
+        entries = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        entries = None
+    # every entry must be {"sha256": ...}: a damaged index must not vouch for anything
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise CheckpointError(f"{index} is not a valid model index; delete it and re-import the models")
+    return entries
 
 
 def _write_index(folder: Path, index: dict[str, Any]) -> None:

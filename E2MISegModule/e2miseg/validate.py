@@ -1,13 +1,15 @@
 """Checks an input must pass before any work starts, each failing with the problem and the fix."""
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from .card import num_classes
 from .errors import InputImageError, ResourceError
+from .io import ImageHeader, header_of, read_channels, read_header
 
 # Bytes per voxel the pipeline holds at its peak, per class and per channel (float32 buffers),
 # used to refuse a job up front rather than die half-way through it.
@@ -24,9 +26,19 @@ def available_memory_bytes() -> int:
         return 1 << 62
 
 
-def estimate_peak_bytes(shape_zyx: tuple[int, ...], channels: int, classes: int) -> int:
+def estimate_peak_bytes(shape_zyx: tuple[int, ...], channels: int, classes: int,
+                        native_shape_zyx: tuple[int, ...] | None = None, input_bytes_per_voxel: int = 0) -> int:
+    """Peak bytes of a job: network-grid buffers, plus (when given) the input held on its native grid.
+
+    On the native grid the pipeline holds the input voxels as stored, one float64 normalisation copy
+    and the running argmax of the labels (two float32 arrays and two uint8 arrays).
+    """
     voxels = int(np.prod(shape_zyx, dtype=np.int64))
-    return voxels * (classes * _BYTES_PER_CLASS_VOXEL + channels * _BYTES_PER_CHANNEL_VOXEL)
+    needed = voxels * (classes * _BYTES_PER_CLASS_VOXEL + channels * _BYTES_PER_CHANNEL_VOXEL)
+    if native_shape_zyx is not None:
+        native = int(np.prod(native_shape_zyx, dtype=np.int64))
+        needed += native * (input_bytes_per_voxel + 8 + 2 * 4 + 2)
+    return needed
 
 
 def check_geometry(image: sitk.Image, name: str) -> None:
@@ -40,6 +52,99 @@ def check_geometry(image: sitk.Image, name: str) -> None:
         raise InputImageError(f"{name} has a non-orthonormal direction matrix; fix the header or resample the image")
 
 
+def _network_shape(size_xyz: Sequence[int], spacing_xyz: Sequence[float], card: dict[str, Any]) -> tuple[int, ...] | None:
+    """Array shape (z, y, x) on the model's grid, None if smaller than one voxel along some axis."""
+    target = card["preprocessing"]["target_spacing_xyz"]
+    shape_xyz = np.array(size_xyz, dtype=float)
+    if target is not None:
+        target = np.array(target, dtype=float)
+        if card["inference"]["kind"] in ("2d", "2.5d"):  # the slice axis keeps its native spacing
+            keep = {"x": 0, "y": 1, "z": 2}[card["inference"]["slice_axis"]]
+            target[keep] = spacing_xyz[keep]
+        shape_xyz = np.round(shape_xyz * np.array(spacing_xyz, dtype=float) / target)
+    if shape_xyz.min() < 1:
+        return None
+    return tuple(int(s) for s in shape_xyz[::-1])
+
+
+def check_memory(headers: Sequence[ImageHeader], card: dict[str, Any], memory_limit: int | None = None) -> None:
+    """Refuse a job whose estimated peak memory exceeds what is available, before any voxel is read."""
+    first = headers[0]
+    shape = _network_shape(first.size_xyz, first.spacing_xyz, card) or (1, 1, 1)
+    input_bytes = sum(h.bytes_per_component * (h.components if h.dimension < 4 else h.size[3] * h.components) for h in headers)
+    needed = estimate_peak_bytes(shape, len(card["channels"]), num_classes(card), tuple(first.size_xyz[::-1]), input_bytes)
+    limit = memory_limit if memory_limit is not None else memory_limit_bytes()
+    if needed > limit:
+        raise ResourceError(f"this volume needs about {needed / 2**30:.1f} GB of memory but {limit / 2**30:.1f} GB is available; "
+                            f"crop the volume to the region of interest or use a machine with more memory")
+
+
+def memory_limit_bytes() -> int:
+    """Available memory, or ``$E2MISEG_MEMORY_LIMIT_MB`` when set (for shared machines and batch jobs)."""
+    override = os.environ.get("E2MISEG_MEMORY_LIMIT_MB", "").strip()
+    if override:
+        try:
+            return int(float(override) * 2**20)
+        except ValueError:
+            raise InputImageError(f"E2MISEG_MEMORY_LIMIT_MB={override!r} is not a number of megabytes; fix or unset it") from None
+    return available_memory_bytes()
+
+
+def check_headers(headers: Sequence[ImageHeader], card: dict[str, Any], memory_limit: int | None = None) -> None:
+    """Everything that can be checked from the headers alone, cheapest first: no voxel has been read yet."""
+    expected = len(card["channels"])
+    got = sum(h.channels for h in headers)
+    if got != expected:
+        names = ", ".join(f"{c['name']} ({c['modality']})" for c in card["channels"])
+        raise InputImageError(f"model '{card['name']}' needs {expected} input channel(s) [{names}] but got {got}; "
+                              f"pass one file per channel or a 4D image")
+    kind = card["inference"]["kind"]
+    index = 0
+    for header in headers:
+        name = header.name
+        if header.dimension not in (2, 3, 4):
+            raise InputImageError(f"{name} has {header.dimension} dimensions; give a 3D volume (or a 4D image whose 4th axis is channels)")
+        if 0 in header.size:
+            raise InputImageError(f"{name} has a zero-size dimension {header.size}; the file holds no voxels")
+        if kind == "3d" and (header.dimension == 2 or 1 in header.size_xyz):
+            raise InputImageError(f"{name} is a single 2D slice (size {header.size}) but model '{card['name']}' is a 3D model; "
+                                  f"give a 3D volume or choose a 2D model")
+        spacing = np.array(header.spacing_xyz, dtype=float)
+        if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+            raise InputImageError(f"{name} has invalid voxel spacing {tuple(header.spacing_xyz)}; fix the header (spacing must be positive)")
+        direction = header.direction_3x3
+        if not np.all(np.isfinite(direction)) or not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
+            raise InputImageError(f"{name} has a non-orthonormal direction matrix; fix the header or resample the image")
+        for _ in range(header.channels):
+            wanted = card["channels"][index]["modality"]
+            if header.modality and wanted != "OT" and header.modality.upper() != wanted:
+                raise InputImageError(f"{name} is a {header.modality} image but model '{card['name']}' expects {wanted} for channel "
+                                      f"{index} ({card['channels'][index]['name']}); choose a model trained on {header.modality}")
+            index += 1
+    first = headers[0]
+    for header in headers[1:]:
+        if tuple(header.size_xyz) != tuple(first.size_xyz):
+            raise InputImageError(f"{header.name} is not on the same grid as the first channel; resample the channels onto one grid first")
+    if _network_shape(first.size_xyz, first.spacing_xyz, card) is None:
+        target = card["preprocessing"]["target_spacing_xyz"]
+        raise InputImageError(f"{first.name} is smaller than one voxel at the model's spacing {target} mm; it is too small to segment")
+    check_memory(headers, card, memory_limit)
+
+
+def read_checked_channels(images: Sequence[str | os.PathLike | sitk.Image] | str | os.PathLike | sitk.Image,
+                          card: dict[str, Any], memory_limit: int | None = None) -> list[sitk.Image]:
+    """Read the model's input channels, checking headers before any voxel is loaded and voxels after."""
+    if isinstance(images, (str, os.PathLike, sitk.Image)):
+        images = [images]
+    check_headers([read_header(item) for item in images], card, memory_limit)
+    channels = read_channels(images)
+    for index, image in enumerate(channels):
+        name = f"channel {index} ({card['channels'][index]['name']})"
+        check_geometry(image, name)  # again on the loaded image: a DICOM series' geometry is only known now
+        check_intensities(sitk.GetArrayViewFromImage(image), name)
+    return channels
+
+
 def check_intensities(array: np.ndarray, name: str) -> None:
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
@@ -51,26 +156,7 @@ def check_intensities(array: np.ndarray, name: str) -> None:
 
 
 def check_input(channels: list[sitk.Image], card: dict[str, Any], memory_limit: int | None = None) -> None:
-    """Validate channel count, geometry, intensities and the memory the job will need."""
-    expected = len(card["channels"])
-    if len(channels) != expected:
-        names = ", ".join(f"{c['name']} ({c['modality']})" for c in card["channels"])
-        raise InputImageError(f"model '{card['name']}' needs {expected} input channel(s) [{names}] but got {len(channels)}; "
-                              f"pass one file per channel or a 4D image")
-    for index, image in enumerate(channels):
-        name = f"channel {index} ({card['channels'][index]['name']})"
-        check_geometry(image, name)
-    shape = channels[0].GetSize()[::-1]
-    target = card["preprocessing"]["target_spacing_xyz"]
-    if target is not None:
-        factors = np.array(channels[0].GetSpacing()) / np.array(target)
-        shape = tuple(int(round(s * f)) for s, f in zip(shape, factors[::-1]))
-        if min(shape) < 1:
-            raise InputImageError(f"the volume is smaller than one voxel at the model's spacing {target} mm; it is too small to segment")
-    needed = estimate_peak_bytes(tuple(max(s, 1) for s in shape), expected, num_classes(card))
-    limit = memory_limit if memory_limit is not None else available_memory_bytes()
-    if needed > limit:
-        raise ResourceError(f"this volume needs about {needed / 2**30:.1f} GB of memory but {limit / 2**30:.1f} GB is available; "
-                            f"crop the volume to the region of interest or use a machine with more memory")
+    """Validate channel count, geometry, intensities and the memory the job will need (images in memory)."""
+    check_headers([header_of(image, f"channel {i}") for i, image in enumerate(channels)], card, memory_limit)
     for index, image in enumerate(channels):
         check_intensities(sitk.GetArrayViewFromImage(image), f"channel {index} ({card['channels'][index]['name']})")
