@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 
 from conftest import oblique_image
 from e2miseg.cli import main

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "E2MISegModule"))
 
-from edges_common import METRICS, RESULTS, ROOT, markdown_table, summarise, validation_cases, write_json  # noqa: E402
+from edges_common import RESULTS, ROOT, markdown_table, summarise, validation_cases, write_json  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT / "E2MISegModule" / "Resources" / "Models" / "e2miseg-hippocampus.safetensors"
 
