@@ -152,7 +152,7 @@ def test_uncertain_regions_ranked_with_lps_centroids_on_an_oblique_grid():
     uncertainty = np.zeros(labels.shape, dtype=np.float32)
     uncertainty[3:9, 4:6, 5:15] = 0.9   # long doubtful edge
     uncertainty[3:5, 12:14, 13:15] = 0.5  # small doubtful corner
-    regions = uncertain_regions(uncertainty, labels, None, reference)
+    regions = uncertain_regions(uncertainty, labels, None, reference, patch_mm=None)
     assert [r["rank"] for r in regions] == [1, 2]
     assert regions[0]["summed_uncertainty"] > regions[1]["summed_uncertainty"]
     first = regions[0]
@@ -205,3 +205,19 @@ def test_metrics_agree_with_monai():
     assert 0.0 < ours["boundary_f1"] < 1.0
     assert binary_metrics(truth, truth, spacing) == {"dice": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0, "boundary_f1": 1.0}
     assert binary_metrics(truth, np.zeros_like(truth), spacing)["hd95_mm"] == float("inf")
+
+
+def test_an_uncertain_rim_round_an_organ_is_cut_into_reviewable_patches():
+    image, reference, spacing = load("Hippocampus_mini", "hippocampus_001")
+    reference_image = sitk.ReadImage(str(shared_file("fixtures/Hippocampus_mini/labelsTr/hippocampus_001.nii.gz")))
+    rim = band_mask((reference > 0).astype(np.uint8), spacing, 1.0)
+    uncertainty = rim.astype(np.float32) * 0.8
+    whole = uncertain_regions(uncertainty, reference, None, reference_image, patch_mm=None)
+    patches = uncertain_regions(uncertainty, reference, None, reference_image, patch_mm=10.0)
+    assert len(whole) == 1 and len(patches) > 4
+    assert sum(r["voxels"] for r in patches) == whole[0]["voxels"]
+    for region in patches:
+        i0, j0, k0, i1, j1, k1 = region["box_ijk"]
+        assert max(i1 - i0 + 1, j1 - j0 + 1, k1 - k0 + 1) <= 10  # 1 mm voxels, 10 mm blocks
+    sums = [r["summed_uncertainty"] for r in patches]
+    assert sums == sorted(sums, reverse=True)

@@ -181,7 +181,7 @@ def test_load_engine_uncertainty_file(scene, tmp_path):
     labels[3:9, 4:14, 5:15] = 1
     mapImage = sitk.GetImageFromArray(uncertainty)
     mapImage.CopyInformation(image)
-    write_uncertainty(mapImage, uncertain_regions(uncertainty, labels, None, image), tmp_path / "u.nii.gz")
+    write_uncertainty(mapImage, uncertain_regions(uncertainty, labels, None, image, patch_mm=None), tmp_path / "u.nii.gz")
     edgeLogic = EdgeRefineLogic()
     node, regions = edgeLogic.loadUncertainty(scene, str(tmp_path / "u.nii.gz"))
     np.testing.assert_allclose(ijkToRas(node), imageIjkToRas(image), atol=1e-5)  # NIfTI stores float32

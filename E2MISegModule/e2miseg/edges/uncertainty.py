@@ -19,6 +19,9 @@ from .band import band_mask
 
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_REGION_BAND_MM = 2.0
+# An uncertain rim often runs all round an organ as one component; it is cut into patches of about
+# this size so "next uncertain edge" visits places a reader can take in at one glance.
+DEFAULT_PATCH_MM = 15.0
 
 
 def entropy_map(probabilities: np.ndarray) -> np.ndarray:
@@ -48,13 +51,15 @@ def uncertainty_image(probabilities: sitk.Image | np.ndarray, reference: sitk.Im
 
 def uncertain_regions(uncertainty: np.ndarray, labels: np.ndarray, probabilities: np.ndarray | None,
                       reference: sitk.Image, threshold: float = DEFAULT_THRESHOLD,
-                      band_mm: float | None = DEFAULT_REGION_BAND_MM, limit: int = 50) -> list[dict[str, Any]]:
+                      band_mm: float | None = DEFAULT_REGION_BAND_MM, limit: int = 50,
+                      patch_mm: float | None = DEFAULT_PATCH_MM) -> list[dict[str, Any]]:
     """Connected components of uncertain voxels within ``band_mm`` of a boundary, most uncertain first.
 
     Each region gives its summed uncertainty, voxel count, volume (mm^3), centroid in LPS mm,
     inclusive index box [i0, j0, k0, i1, j1, k1] and the pair of labels it hesitates between
     (the two most probable classes, or the labels meeting there when no probabilities are given).
     ``band_mm=None`` skips the boundary restriction (for maps that are already zero away from edges).
+    Components wider than ``patch_mm`` are cut into patches of that size (None keeps them whole).
     """
     spacing_zyx = tuple(float(s) for s in reference.GetSpacing()[::-1])
     candidates = uncertainty >= threshold
@@ -63,6 +68,8 @@ def uncertain_regions(uncertainty: np.ndarray, labels: np.ndarray, probabilities
     components, count = ndimage.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return []
+    if patch_mm:
+        components, count = _cut_into_patches(components, count, spacing_zyx, patch_mm)
     index = np.arange(1, count + 1)
     sums = ndimage.sum_labels(uncertainty, components, index)
     order = np.argsort(-sums)[:limit]
@@ -88,6 +95,24 @@ def uncertain_regions(uncertainty: np.ndarray, labels: np.ndarray, probabilities
             "labels": _label_pair(kji, labels, probabilities),
         })
     return regions
+
+
+def _cut_into_patches(components: np.ndarray, count: int, spacing_zyx: tuple[float, ...], patch_mm: float) -> tuple[np.ndarray, int]:
+    """Relabel so that no region is wider than about ``patch_mm``: big components are split along a
+    grid of ``patch_mm`` blocks, small ones stay whole even when they straddle a block border."""
+    wide = np.zeros(count + 1, dtype=bool)
+    for position, box in enumerate(ndimage.find_objects(components), start=1):
+        wide[position] = any((s.stop - s.start) * step > patch_mm for s, step in zip(box, spacing_zyx))
+    if not wide.any():
+        return components, count
+    voxels = np.nonzero(components)
+    owner = components[voxels].astype(np.int64)
+    split = wide[owner]
+    blocks = [np.where(split, np.floor(v * step / patch_mm).astype(np.int64), -1) for v, step in zip(voxels, spacing_zyx)]
+    _, new_ids = np.unique(np.stack([owner, *blocks], axis=1), axis=0, return_inverse=True)
+    relabelled = np.zeros_like(components)
+    relabelled[voxels] = new_ids.ravel() + 1
+    return relabelled, int(new_ids.max()) + 1
 
 
 def _label_pair(kji: np.ndarray, labels: np.ndarray, probabilities: np.ndarray | None) -> list[int]:
