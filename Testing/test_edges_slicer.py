@@ -169,6 +169,11 @@ def test_uncertainty_overlay_and_next_uncertain_edge(scene):
     jumpSlicesToRas(scene, first)
     sliceToRas = sliceNode.GetSliceToRAS()
     assert [sliceToRas.GetElement(r, 3) for r in range(3)] == pytest.approx(list(first), abs=1e-6)
+    edgeLogic.setRegions(regions)
+    assert edgeLogic.jumpToNextUncertainEdge(scene) == pytest.approx(first)
+    assert edgeLogic.currentRegion() is edgeLogic.regions[0]
+    edgeLogic.setRegions([])
+    assert edgeLogic.jumpToNextUncertainEdge(scene) is None
 
 
 def test_load_engine_uncertainty_file(scene, tmp_path):

@@ -231,6 +231,13 @@ class EdgeRefineLogic:
         self.regionIndex = (self.regionIndex + 1) % len(self.regions)
         return regionCentreRas(self.regions[self.regionIndex])
 
+    def jumpToNextUncertainEdge(self, scene) -> Optional[tuple[float, float, float]]:
+        """The "next uncertain edge" button: centre the slice views on the next region; return its RAS."""
+        ras = self.nextUncertainEdge()
+        if ras is not None:
+            jumpSlicesToRas(scene, ras)
+        return ras
+
     def currentRegion(self) -> Optional[dict[str, Any]]:
         return self.regions[self.regionIndex] if self.regions and self.regionIndex >= 0 else None
 
