@@ -184,7 +184,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if len(strokeRas) == 0:
             return 0
         modifier = self.scriptedEffect.defaultModifierLabelmap()  # the segmentation's grid, zero-filled
-        sourceImage = self.scriptedEffect.sourceVolumeImageData()
+        # Slicer < 5.2 calls the source volume the "master volume"
+        sourceImageData = getattr(self.scriptedEffect, "sourceVolumeImageData", None) or self.scriptedEffect.masterVolumeImageData
+        sourceImage = sourceImageData()
         segmentImage = self.scriptedEffect.selectedSegmentLabelmap()
         if sourceImage is None or segmentImage is None:
             raise ValueError(_("Select a source volume and a segment first."))
