@@ -1,7 +1,6 @@
-"""E2MISeg: one-click segmentation with E2MISeg, EHANet and S²aNet models, editable in Segment Editor.
+"""E2MISeg Slicer shell: module description, a thin widget and the self-test entry.
 
-This file is the Slicer shell: module description, a thin widget and the self-test. The logic lives in
-E2MISegModuleLib (it runs on slicer-core without the application and is tested there).
+The logic lives in E2MISegModuleLib (it runs on slicer-core without the application and is tested there).
 """
 import os
 
@@ -48,10 +47,6 @@ class E2MISegModuleLogic(ScriptedLoadableModuleLogic, E2MISegLogic):
         return E2MISegParameterNode(super().getParameterNode())
 
 
-STAGES = {"load": _("Loading the model"), "preprocess": _("Preparing the image"), "infer": _("Segmenting"),
-          "postprocess": _("Cleaning up labels"), "write": _("Writing the result"), "import": _("Creating segments")}
-
-
 class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -83,6 +78,10 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.populateModels()
+        if not self.logic.engineSupportsEdgeRefinement():  # engines before edge refinement (issue 6)
+            for widget in (self.ui.refineEdgesLabel, self.ui.refineEdgesCheckBox, self.ui.edgeStrengthLabel,
+                           self.ui.edgeStrengthSpinBox):
+                widget.hide()
 
     def cleanup(self):
         self.cancelRun()
@@ -198,6 +197,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Run the model on the input volume.") if ready else _("Select an input volume and a model first.")
         for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.outputsCollapsibleButton):
             widget.enabled = not running
+        self.ui.edgeStrengthSpinBox.enabled = bool(self._parameterNode and self._parameterNode.refineEdges)
 
     def inputVolumes(self):
         card = self.currentCard()
@@ -222,8 +222,8 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.task = self.logic.process(
                 self.inputVolumes(), model=params.model, outputSegmentation=params.outputSegmentation,
                 device=params.device.value, quality=params.quality.value, refineEdges=params.refineEdges,
-                keepLargest=params.keepLargest, minIslandMm3=params.minIslandMm3, progressCallback=self.onProgress,
-                waitForCompletion=False)
+                edgeStrength=params.edgeStrength, keepLargest=params.keepLargest, minIslandMm3=params.minIslandMm3,
+                progressCallback=self.onProgress, waitForCompletion=False)
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.statusLabel.text = _("Starting...")
@@ -231,13 +231,10 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUI()
 
     def onProgress(self, event):
+        from E2MISegModuleLib.Parameters import progressText
+
         self.ui.progressBar.value = int(round(100 * event["fraction"]))
-        text = STAGES.get(event["stage"], event["stage"])
-        if event["total"] > 1:
-            text += f" {event['done']}/{event['total']}"
-        if event.get("eta_s") is not None and event["eta_s"] >= 1:
-            text += " - " + _("about {seconds} s left").format(seconds=int(round(event["eta_s"])))
-        self.ui.statusLabel.text = text
+        self.ui.statusLabel.text = progressText(event)
 
     def onPoll(self):
         if self.task is None or not self.task.poll():

@@ -125,7 +125,9 @@ def test_subprocess_run_matches_the_cli_and_carries_the_model_card(tmp_path, log
         assert segmentTag(segment, LABEL_TAG) == str(label["value"])
     assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
 
-    expected = cli_labels(hippocampus_image, checkpoint, tmp_path / "cli.nii.gz", "--fast")
+    # the logic refines edges by default whenever the engine can; the CLI must be asked to
+    edge_flags = ["--refine-edges"] if E2MISegLogic.engineSupportsEdgeRefinement() else []
+    expected = cli_labels(hippocampus_image, checkpoint, tmp_path / "cli.nii.gz", "--fast", *edge_flags)
     assert set(np.unique(expected)) == {0, 1, 2}, "the tiny model should predict every label for a meaningful test"
     np.testing.assert_array_equal(model_label_array(logic, node, volume), expected)
 
@@ -159,7 +161,7 @@ def test_oblique_anisotropic_volume_in_process_keeps_geometry(tmp_path, logic, c
     study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Study")
     sh.CreateItem(study, volume)
 
-    node = logic.process(volume, model=str(checkpoint), device="cpu", inProcess=True)
+    node = logic.process(volume, model=str(checkpoint), device="cpu", inProcess=True, refineEdges=False)
 
     expected = cli_labels(image_path, checkpoint, tmp_path / "cli.nrrd")
     assert expected.any()
@@ -272,6 +274,30 @@ def test_engine_error_line_reaches_the_caller(logic, checkpoint, hippocampus_ima
     with pytest.raises(EngineError, match="^CUDA was requested but no CUDA GPU") as error:
         logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cuda")
     assert "\n" not in str(error.value) and error.value.exit_code == 1
+    assert scene_state(logic) == before
+
+
+def test_run_options_reach_the_engine_command(logic, checkpoint, hippocampus_image):
+    volume = logic.loadVolume(hippocampus_image)
+    before = scene_state(logic)
+    task = logic.process(volume, model=str(checkpoint), device="cpu", quality="normal+tta", keepLargest=True,
+                         minIslandMm3=12.5, edgeStrength=0.6, waitForCompletion=False)
+    command = task.runner.command
+    written = sitk.ReadImage(command[4])  # the volume node as the engine reads it
+    logic.cancel()  # killed before the engine even imports torch
+    with pytest.raises(Cancelled):
+        task.wait()
+    assert not os.path.exists(command[4])  # temporary files are gone
+    assert command[:4] == [sys.executable, "-m", "e2miseg.cli", "predict"]
+    assert "--tta" in command and "--fast" not in command and "--keep-largest" in command
+    assert command[command.index("--min-island-mm3") + 1] == "12.5"
+    assert command[command.index("--device") + 1] == "cpu" and "--json-progress" in command
+    if E2MISegLogic.engineSupportsEdgeRefinement():
+        assert "--refine-edges" in command and command[command.index("--edge-strength") + 1] == "0.6"
+    original = sitk.ReadImage(str(hippocampus_image))  # same voxels and geometry as the file Slicer loaded
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(original))
+    for get in (sitk.Image.GetSpacing, sitk.Image.GetOrigin, sitk.Image.GetDirection):
+        np.testing.assert_allclose(get(written), get(original), atol=1e-9)
     assert scene_state(logic) == before
 
 

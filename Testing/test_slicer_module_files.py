@@ -94,7 +94,10 @@ def test_cmake_packages_every_script_and_resource():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     for path in sorted((MODULE_DIR / "E2MISegModuleLib").glob("*.py")):
         assert f"E2MISegModuleLib/{path.name}" in cmake, f"{path.name} is not packaged"
-    assert "e2miseg/*.py" in cmake and "e2miseg/models/*.py" in cmake
+    engine = MODULE_DIR / "e2miseg"
+    for package in [engine, *sorted(p.parent for p in engine.rglob("__init__.py"))]:
+        pattern = f"{package.relative_to(MODULE_DIR).as_posix()}/*.py"
+        assert pattern in cmake, f"engine package {pattern} is not packaged"
     assert "slicerMacroBuildScriptedModule" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui", "Resources/requirements.txt"):
         assert resource in cmake

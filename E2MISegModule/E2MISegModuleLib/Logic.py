@@ -168,20 +168,25 @@ class E2MISegLogic:
         return {"mps": "Apple MPS", "cpu": "CPU"}.get(resolved.type, resolved.type)
 
     @staticmethod
-    def engineSupportsEdgeRefinement(inProcess: bool = False) -> bool:
-        """Whether the installed engine offers edge refinement (``--refine-edges`` / ``refine_edges``)."""
+    def engineAccepts(keyword: str, flag: str, inProcess: bool = False) -> bool:
+        """Whether the installed engine takes ``keyword`` (``e2miseg.predict``) / ``flag`` (``e2miseg predict``)."""
         if inProcess:
             from e2miseg import api
 
-            return "refine_edges" in inspect.signature(api.predict).parameters
-        return bool({"--refine-edges", "--no-refine-edges"} & cliOptionStrings())
+            return keyword in inspect.signature(api.predict).parameters
+        return flag in cliOptionStrings()
+
+    @classmethod
+    def engineSupportsEdgeRefinement(cls, inProcess: bool = False) -> bool:
+        """Edge refinement is a separate engine stage (issue 6); older engines do not have it."""
+        return cls.engineAccepts("refine_edges", "--refine-edges", inProcess)
 
     # ---- running ------------------------------------------------------------------------
 
     def process(self, inputVolumes, model: Union[str, os.PathLike], outputSegmentation=None, device: str = "auto",
                 quality: str = "normal", refineEdges: bool = True, progressCallback: Optional[ProgressCallback] = None,
                 waitForCompletion: bool = True, inProcess: bool = False, keepLargest: bool = False,
-                minIslandMm3: float = 0.0):
+                minIslandMm3: float = 0.0, edgeStrength: Optional[float] = None):
         """Segment ``inputVolumes`` with ``model``; return the segmentation node.
 
         :param inputVolumes: a scalar volume node, or one per model channel (all on one grid).
@@ -191,7 +196,8 @@ class E2MISegLogic:
             placed beside the input volume in the subject hierarchy.
         :param device: auto, cpu, cuda (or cuda:N) or mps.
         :param quality: fast (coarser sliding-window step), normal, or normal+tta (mirror test-time augmentation).
-        :param refineEdges: refine segment edges when the installed engine supports it (else logged and skipped).
+        :param refineEdges: refine segment edges against the image when the installed engine supports it
+            (else logged and skipped); ``edgeStrength`` 0..1 (None: the engine's default).
         :param progressCallback: called on the calling thread with dicts
             {stage, done, total, eta_s, message, fraction}.
         :param waitForCompletion: False returns a ``SegmentationTask`` at once; call its ``poll()``
@@ -211,6 +217,8 @@ class E2MISegLogic:
                                    "min_island_mm3": float(minIslandMm3)}
         if self.engineSupportsEdgeRefinement(inProcess):
             options["refine_edges"] = bool(refineEdges)
+            if refineEdges and edgeStrength is not None and self.engineAccepts("edge_strength", "--edge-strength", inProcess):
+                options["edge_strength"] = float(edgeStrength)
         elif refineEdges:
             self.log("Edge refinement is not available in this engine version; segmenting without it.")
         self.log(f"Segmenting '{volumes[0].GetName()}' with {card['name']} {card['version']} "
@@ -288,12 +296,10 @@ class E2MISegLogic:
             command.append("--keep-largest")
         if options.get("min_island_mm3"):
             command += ["--min-island-mm3", str(options["min_island_mm3"])]
-        if "refine_edges" in options:
-            flags = cliOptionStrings()
-            if options["refine_edges"] and "--refine-edges" in flags:
-                command.append("--refine-edges")
-            elif not options["refine_edges"] and "--no-refine-edges" in flags:
-                command.append("--no-refine-edges")
+        if options.get("refine_edges"):  # only present when the engine has the flag
+            command.append("--refine-edges")
+            if "edge_strength" in options:
+                command += ["--edge-strength", str(options["edge_strength"])]
         return command
 
     def _modelLoader(self, modelPath: Path, device: str) -> Callable[[], Any]:

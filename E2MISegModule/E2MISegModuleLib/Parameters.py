@@ -1,4 +1,4 @@
-"""The module's parameter node (Slicer application only: needs slicer.parameterNodeWrapper and Qt).
+"""The module's parameter node and UI wording (Slicer application only: needs slicer.parameterNodeWrapper, Qt).
 
 Widgets in Resources/UI/E2MISegModule.ui carry a ``SlicerParameterName`` dynamic property naming
 one of these fields; ``connectGui`` keeps both in sync.
@@ -40,7 +40,7 @@ class E2MISegParameterNode:
     inputVolume - the volume to segment (the model's first channel).
     extraVolume1..3 - further channels, for models with several inputs (e.g. T1, T2, FLAIR).
     model - model store name.
-    device, quality, refineEdges, keepLargest, minIslandMm3 - run settings.
+    device, quality, refineEdges, edgeStrength, keepLargest, minIslandMm3 - run settings.
     outputSegmentation - the segmentation to update; none creates a new one.
     """
 
@@ -52,6 +52,20 @@ class E2MISegParameterNode:
     device: Device = Device.auto
     quality: Quality = Quality.normal
     refineEdges: bool = True
+    edgeStrength: Annotated[float, WithinRange(0.0, 1.0)] = 0.3  # the engine's default (e2miseg.edges.defaults)
     keepLargest: bool = False
     minIslandMm3: Annotated[float, WithinRange(0.0, 1.0e6)] = 0.0
     outputSegmentation: vtkMRMLSegmentationNode
+
+
+def progressText(event: dict) -> str:
+    """'Segmenting 12/40 - about 30 s left' from a progress event of the logic."""
+    stages = {"load": _("Loading the model"), "preprocess": _("Preparing the image"), "infer": _("Segmenting"),
+              "postprocess": _("Cleaning up labels"), "write": _("Writing the result"),
+              "import": _("Creating segments")}
+    text = stages.get(event["stage"], event["stage"])
+    if event["total"] > 1:
+        text += f" {event['done']}/{event['total']}"
+    if event.get("eta_s") is not None and event["eta_s"] >= 1:
+        text += " - " + _("about {seconds} s left").format(seconds=int(round(event["eta_s"])))
+    return text
