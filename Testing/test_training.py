@@ -219,3 +219,24 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
     assert "CC-BY-SA 4.0" in card["license"]
     markdown = target.with_suffix(".md").read_text()
     assert "Validation" in markdown and (target.parent / "tiny-hippocampus-curves.png").exists()
+
+
+def test_sigterm_ends_a_run_cleanly(tmp_path, tiny_plan):
+    import os
+    import signal
+    import threading
+
+    from e2miseg_train.trainer import FitOptions, fit
+
+    options = FitOptions(out=str(tmp_path), epochs=1000, iters_per_epoch=2, batch_size=2, val_every=1000, device="cpu",
+                         threads=1, warmup_iters=0, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        summary = fit(tiny_plan, options)
+    finally:
+        timer.cancel()
+    assert summary["iteration"] < 2000  # stopped long before its 2000 iterations
+    assert "stop requested" in (tmp_path / "train.log").read_text()
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["iteration"] == summary["iteration"]
+    assert signal.getsignal(signal.SIGTERM) is not None

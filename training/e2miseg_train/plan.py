@@ -53,22 +53,26 @@ def case_fingerprint(case, max_samples: int = 10000, rng: np.random.Generator | 
             "voxels_per_class": [int(c) for c in counts], "centroids_zyx": centroids, "_intensities": intensities}
 
 
-def ordered_axes(fingerprints: list[dict[str, Any]]) -> list[str]:
-    """Array axes along which the labels keep a fixed order (mirroring them would swap label meaning).
+def ordered_axes(fingerprints: list[dict[str, Any]], min_separation: float = 2.0) -> list[str]:
+    """Array axes along which some pair of labels keeps a fixed order (mirroring would swap their meaning).
 
-    E.g. the anterior hippocampus lies before the posterior one along one axis in every case, so
-    flipping that axis makes "anterior" appear where "posterior" belongs.
+    E.g. the anterior hippocampus lies before the posterior one along one axis in every case, and the
+    right ventricle beside the left ventricle: flipping such an axis puts a label where the other
+    belongs. A pair counts when >= 90 % of cases agree on the order and the centroids are on average
+    at least ``min_separation`` voxels apart (concentric labels such as myocardium/LV do not count).
     """
     ordered = []
+    values = sorted({int(v) for fp in fingerprints for v in fp["centroids_zyx"]})
     for axis, name in enumerate("zyx"):
-        signs = []
-        for fp in fingerprints:
-            cents = fp["centroids_zyx"]
-            values = sorted(cents)
-            for a, b in zip(values, values[1:]):
-                signs.append(np.sign(cents[b][axis] - cents[a][axis]))
-        if signs and abs(np.mean(signs)) >= ORDERED_AXIS_AGREEMENT:
-            ordered.append(name)
+        for i, a in enumerate(values):
+            for b in values[i + 1:]:
+                diffs = [fp["centroids_zyx"][b][axis] - fp["centroids_zyx"][a][axis]
+                         for fp in fingerprints if a in fp["centroids_zyx"] and b in fp["centroids_zyx"]]
+                if diffs and abs(np.mean(np.sign(diffs))) >= ORDERED_AXIS_AGREEMENT and abs(np.mean(diffs)) >= min_separation:
+                    ordered.append(name)
+                    break
+            if name in ordered:
+                break
     return ordered
 
 

@@ -141,6 +141,29 @@ class Distributed:
                 dist.destroy_process_group()
 
 
+class _StopRequest:
+    """SIGTERM/SIGINT end the run cleanly at the next iteration (state and checkpoints saved)."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.flag = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": list(random.getstate()[1])}
 
@@ -171,7 +194,18 @@ def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptio
 
 
 def fit(plan: dict[str, Any], options: FitOptions) -> dict[str, Any]:
-    """Train as ``plan`` says; returns the final state summary. Resumes from ``out/state.pt``."""
+    """Train as ``plan`` says; returns the final state summary. Resumes from ``out/state.pt``.
+
+    SIGTERM/SIGINT end the run cleanly at the next iteration (final validation, checkpoints, state).
+    """
+    stop_requested = _StopRequest()
+    try:
+        return _fit(plan, options, stop_requested)
+    finally:
+        stop_requested.restore()
+
+
+def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopRequest") -> dict[str, Any]:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     if options.threads:
@@ -279,8 +313,8 @@ def fit(plan: dict[str, Any], options: FitOptions) -> dict[str, Any]:
         state["train_seconds"] = seconds_before + time.time() - session_start
         # Stop early enough for the final validation and saving to fit in the budget.
         out_of_time = budget is not None and state["train_seconds"] + last_val_seconds * 1.2 >= budget
-        if dist.any_flag(out_of_time):
-            stop_reason = f"time budget of {options.max_minutes} min reached"
+        if dist.any_flag(out_of_time or stop_requested.flag):
+            stop_reason = "stop requested (SIGTERM/SIGINT)" if stop_requested.flag else f"time budget of {options.max_minutes} min reached"
             break
         if options.schedule_clock == "time" and budget:
             progress = max(state["iteration"] / total_iters, state["train_seconds"] / budget)
