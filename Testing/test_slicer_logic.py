@@ -183,9 +183,11 @@ def test_rerun_keeps_user_segments_and_edits_and_saves_undo(logic, checkpoint, h
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     tumour = add_user_segment(node, "Tumour", volume, np.s_[2:10, 5:20, 5:15])
 
+    tumour_voxels = segment_voxels(logic, node, tumour, volume)
     logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", inProcess=True)
     first = model_label_array(logic, node, volume)
     assert segmentIdsOf(node) == [tumour] + MODEL_SEGMENTS
+    np.testing.assert_array_equal(segment_voxels(logic, node, tumour, volume), tumour_voxels)
 
     # the user edits: grows Tumour into the model's area, adds Lesion, and erases a model segment
     grown = segment_voxels(logic, node, tumour, volume)
@@ -208,6 +210,36 @@ def test_rerun_keeps_user_segments_and_edits_and_saves_undo(logic, checkpoint, h
     logic.scene.Undo()
     np.testing.assert_array_equal(segment_voxels(logic, node, MODEL_SEGMENTS[0], volume), edited_model)
     np.testing.assert_array_equal(segment_voxels(logic, node, tumour, volume), grown)
+
+
+def test_rerun_into_a_cli_seg_nrrd_updates_its_model_segments(tmp_path, logic, checkpoint, hippocampus_image):
+    # a .seg.nrrd written by `e2miseg predict` carries the model tag but no label-value tag
+    path = tmp_path / "cli.seg.nrrd"
+    assert cli_main(["predict", str(hippocampus_image), "-o", str(path), "--model", str(checkpoint), "--device", "cpu"]) == 0
+    volume = logic.loadVolume(hippocampus_image)
+    node = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    ids = segmentIdsOf(node)
+    from_file = model_label_array(logic, node, volume)
+    assert from_file.any()
+    logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", inProcess=True,
+                  refineEdges=False)  # the CLI ran without --refine-edges
+    assert segmentIdsOf(node) == ids  # updated in place, not duplicated
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), from_file)
+    assert [segmentTag(node.GetSegmentation().GetSegment(i), LABEL_TAG) for i in ids] == ["1", "2"]
+
+
+def test_output_removed_during_the_run_is_a_clear_error(logic, checkpoint, hippocampus_image):
+    volume, node = _scene_with_user_work(logic, hippocampus_image)
+    task = logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", inProcess=True,
+                         waitForCompletion=False)
+    logic.scene.RemoveNode(node)
+    before = scene_state(logic)
+    with pytest.raises(Exception, match="was removed while segmenting"):
+        task.wait()
+    assert scene_state(logic) == before
 
 
 def test_undo_last_run_restores_the_segmentation(logic, checkpoint, hippocampus_image):

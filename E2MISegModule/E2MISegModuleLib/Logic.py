@@ -318,6 +318,12 @@ class E2MISegLogic:
 
     def _importResult(self, labelImage: sitk.Image, card: dict, inputVolume, outputSegmentation):
         """Label map -> segments. On any failure the scene is put back exactly as it was."""
+        if inputVolume.GetScene() is not self.scene:
+            raise E2MISegError(f"the input volume '{inputVolume.GetName()}' was removed while segmenting; "
+                               f"load it again and run again")
+        if outputSegmentation is not None and outputSegmentation.GetScene() is not self.scene:
+            raise E2MISegError(f"the segmentation '{outputSegmentation.GetName()}' was removed while segmenting; "
+                               f"choose another output (or none) and run again")
         created = outputSegmentation is None
         if created:
             self.scene.SaveStateForUndo()
