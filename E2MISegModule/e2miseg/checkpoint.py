@@ -191,10 +191,10 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights and the validated card from a checkpoint file. Never unpickles."""
-    from safetensors.torch import load as load_safetensors_bytes
-
     path = Path(path)
     card = card_from_header(read_header(path), path.name)
+    from safetensors.torch import load as load_safetensors_bytes  # torch only once the file passed every check
+
     try:
         tensors = load_safetensors_bytes(path.read_bytes())
     except Exception as exc:  # safetensors raises its own error types; the message is what matters

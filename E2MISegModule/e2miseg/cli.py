@@ -160,7 +160,8 @@ def cmd_models(args) -> int:
     if args.action == "convert":
         from .convert import convert_pickle_checkpoint
 
-        out = convert_pickle_checkpoint(Path(args.name), Path(args.card), Path(args.output), trust_pickle=args.trust_pickle)
+        out = convert_pickle_checkpoint(Path(args.name), Path(args.card) if args.card else None,
+                                        Path(args.output) if args.output else None, trust_pickle=args.trust_pickle)
         print(f"wrote {out}", file=sys.stderr)
         return 0
     raise E2MISegError(f"unknown models action {args.action}")

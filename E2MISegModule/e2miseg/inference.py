@@ -79,10 +79,21 @@ class Predictor:
         self.batch_size = self.options.batch_size or self.settings["batch_size"]
         default_step = self.settings["fast_step"] if self.options.fast else self.settings["step"]
         self.step = self.options.step or default_step
+        # On a GPU the windows are summed in GPU memory (no copy back per tile); the out-of-memory
+        # fallback (fallback.py) turns this off before giving up the GPU altogether.
+        self.stitch_on_device = self.device.type == "cuda"
 
     def predict(self, array: np.ndarray, reporter: Reporter | None = None) -> np.ndarray:
-        """(C, z, y, x) float32 -> (K, z, y, x) float32 class probabilities."""
-        reporter = reporter or Reporter()
+        """(C, z, y, x) float32 -> (K, z, y, x) float32 class probabilities.
+
+        Out of memory, it retries with a smaller batch, CPU stitching, then the CPU (with a warning).
+        """
+        from .fallback import predict_with_fallback
+
+        return predict_with_fallback(self, array, reporter or Reporter())
+
+    def predict_once(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
+        """One attempt with the current batch size, stitching and device."""
         with torch.inference_mode():
             if self.settings["kind"] == "3d":
                 return self._sliding_window(array, reporter)
@@ -100,23 +111,25 @@ class Predictor:
         windows = window_grid(padded.shape[1:], patch, self.step)
         weights = gaussian_weights(patch, self.settings["gaussian_sigma_scale"])
         weights_device = torch.tensor(weights, device=self.device)
-        accumulated = np.zeros((self.num_classes,) + padded.shape[1:], dtype=np.float32)
-        weight_sum = np.zeros(padded.shape[1:], dtype=np.float32)
+        stitch = self.device if self.stitch_on_device else torch.device("cpu")
+        weights_stitch = torch.from_numpy(np.array(weights)).to(stitch)
+        accumulated = torch.zeros((self.num_classes,) + padded.shape[1:], dtype=torch.float32, device=stitch)
+        weight_sum = torch.zeros(padded.shape[1:], dtype=torch.float32, device=stitch)
         flips = self._mirror_dims([0, 1, 2], offset=2)
         done = 0
         reporter.report("infer", 0, len(windows))
         for group in _batches(windows, self.batch_size):
             reporter.check_cancel()
             batch = torch.from_numpy(np.stack([padded[(slice(None),) + w] for w in group])).to(self.device)
-            probs = (_forward_probabilities(self.model, batch, flips) * weights_device).cpu().numpy()
+            probs = (_forward_probabilities(self.model, batch, flips) * weights_device).to(stitch)
             for window, tile in zip(group, probs):
                 accumulated[(slice(None),) + window] += tile
-                weight_sum[window] += weights
+                weight_sum[window] += weights_stitch
             done += len(group)
             reporter.report("infer", done, len(windows))
         accumulated = accumulated[(slice(None),) + crop]
         accumulated /= weight_sum[crop][None]
-        return accumulated
+        return accumulated.cpu().numpy()
 
     def _slice_wise(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
         axis = AXIS_INDEX_ZYX[self.settings["slice_axis"]]
