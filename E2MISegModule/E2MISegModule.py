@@ -3,6 +3,7 @@
 The logic lives in E2MISegModuleLib (it runs on slicer-core without the application and is tested there).
 """
 import os
+import time
 
 import qt
 import slicer
@@ -89,7 +90,6 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
-        self.updateDeviceLabel()
 
     def exit(self):
         self.setParameterNode(None)
@@ -120,6 +120,8 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- models and devices ----------------------------------------------------------------
 
     def populateModels(self):
+        wanted = self._parameterNode.model if self._parameterNode else ""
+        wasBlocked = self.ui.modelSelector.blockSignals(True)  # clearing must not forget the chosen model
         self.ui.modelSelector.clear()
         names = []
         try:
@@ -131,8 +133,8 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.appendLog(_("Cannot list models: {error}").format(error=exc))
         for name in names:
             self.ui.modelSelector.addItem(name)
-        wanted = self._parameterNode.model if self._parameterNode else ""
         self.ui.modelSelector.currentIndex = names.index(wanted) if wanted in names else (0 if names else -1)
+        self.ui.modelSelector.blockSignals(wasBlocked)
         self.onModelChanged()
 
     def currentCard(self):
@@ -245,13 +247,12 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
         from e2miseg.errors import Cancelled
 
-        if isinstance(task.error, Cancelled):
-            self.ui.statusLabel.text = _("Cancelled. The scene was not changed.")
-            return
         if task.error is not None:
-            self.ui.statusLabel.text = _("Failed. The scene was not changed.")
-            with slicer.util.tryWithErrorDisplay(_("Segmentation failed.")):
-                raise task.error
+            cancelled = isinstance(task.error, Cancelled)
+            self.ui.statusLabel.text = _("Cancelled. The scene was not changed.") if cancelled else \
+                _("Failed. The scene was not changed.")
+            if not cancelled:  # the engine's message names the fix (crop, fast, CPU, ...)
+                slicer.util.errorDisplay(_("Segmentation failed.") + f"\n\n{task.error}")
             return
         self.ui.statusLabel.text = _("Done. Correct the result in Segment Editor if needed.")
         self._parameterNode.outputSegmentation = task.segmentationNode
@@ -261,7 +262,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.task is not None:
             self.task.cancel()  # kills the process tree; poll() then reports Cancelled, the scene unchanged
             while not self.task.poll():
-                qt.QThread.msleep(20)
+                time.sleep(0.02)
             self.onPoll()
 
     def onShow3D(self, show):
