@@ -176,6 +176,36 @@ def test_oblique_anisotropic_volume_in_process_keeps_geometry(tmp_path, logic, c
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
 
 
+def test_two_channel_model_takes_one_volume_per_channel(tmp_path, logic, hippocampus_image):
+    import torch
+    from e2miseg.checkpoint import save_checkpoint
+    from e2miseg.models import build_model
+    from helpers import make_card, small_e2miseg_config
+
+    torch.manual_seed(1)
+    config = small_e2miseg_config(in_channels=2)
+    checkpoint = tmp_path / "two-channel.safetensors"
+    save_checkpoint(checkpoint, build_model("e2miseg", **config).state_dict(),
+                    make_card("3d", "e2miseg", config, channels=2, spacing=(3.0, 3.0, 3.0)))
+    first = logic.loadVolume(hippocampus_image, "T1_0")
+    second_path = tmp_path / "second.nrrd"  # a second channel on the same grid: the image squared
+    image = sitk.ReadImage(str(hippocampus_image), sitk.sitkFloat32)
+    sitk.WriteImage(image * image, str(second_path))
+    second = logic.loadVolume(second_path, "T1_1")
+
+    with pytest.raises(InputImageError, match=r"needs 2 input volume\(s\) \(T1_0, T1_1\)"):
+        logic.process(first, model=str(checkpoint), device="cpu", inProcess=True)
+    with pytest.raises(InputImageError, match="input channel 2 is not selected"):
+        logic.process([first, None], model=str(checkpoint), device="cpu", inProcess=True)
+    node = logic.process([first, second], model=str(checkpoint), device="cpu", inProcess=True, refineEdges=False)
+
+    out = tmp_path / "cli.nii.gz"
+    assert cli_main(["predict", str(hippocampus_image), str(second_path), "-o", str(out), "--model", str(checkpoint),
+                     "--device", "cpu"]) == 0
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    np.testing.assert_array_equal(model_label_array(logic, node, first), expected)
+
+
 def test_rerun_keeps_user_segments_and_edits_and_saves_undo(logic, checkpoint, hippocampus_image):
     volume = logic.loadVolume(hippocampus_image)
     node = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Work")
