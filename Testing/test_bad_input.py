@@ -117,7 +117,7 @@ def test_memory_limit_from_environment(tmp_path, checkpoint):
     env = {**cli_env(), "E2MISEG_MEMORY_LIMIT_MB": "0.01"}
     result = subprocess.run([sys.executable, "-m", "e2miseg.cli", "predict", str(tmp_path / "good.nrrd"), "-o",
                              str(tmp_path / "o.seg.nrrd"), "--model", str(checkpoint)], capture_output=True, text=True, env=env)
-    assert result.returncode == 6 and "GB of memory" in result.stderr
+    assert result.returncode == 6 and "MB of memory but 0.0 MB is available" in result.stderr
     assert not (tmp_path / "o.seg.nrrd").exists()
 
 

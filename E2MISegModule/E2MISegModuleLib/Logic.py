@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import SimpleITK as sitk
 import slicer
@@ -380,6 +380,9 @@ class E2MISegLogic:
         path = Path(path)
         if not path.is_file():
             raise InputImageError(f"{path} does not exist; check the path")
+        from e2miseg.io import check_complete
+
+        check_complete(path)  # Slicer's reader fills a truncated NIfTI with garbage instead of failing
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(path))

@@ -65,6 +65,9 @@ def volumeNodeToImage(volumeNode) -> sitk.Image:
     image = sitk.GetImageFromArray(np.array(voxels, copy=True))
     lps = LPS_TO_RAS @ ijkToRas(volumeNode)  # the flip is its own inverse
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    if not np.all(np.isfinite(lps)) or np.any(spacing <= 0):  # SimpleITK would raise a multi-line ITK error
+        raise InputImageError(f"volume '{name}' has invalid voxel spacing {tuple(float(s) for s in spacing)}; "
+                              f"set a positive spacing in the Volumes module")
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetDirection(tuple(float(d) for d in (lps[:3, :3] / spacing).ravel()))
     image.SetOrigin(tuple(float(o) for o in lps[:3, 3]))

@@ -75,8 +75,12 @@ def check_memory(headers: Sequence[ImageHeader], card: dict[str, Any], memory_li
     needed = estimate_peak_bytes(shape, len(card["channels"]), num_classes(card), tuple(first.size_xyz[::-1]), input_bytes)
     limit = memory_limit if memory_limit is not None else memory_limit_bytes()
     if needed > limit:
-        raise ResourceError(f"this volume needs about {needed / 2**30:.1f} GB of memory but {limit / 2**30:.1f} GB is available; "
+        raise ResourceError(f"this volume needs about {_size(needed)} of memory but {_size(limit)} is available; "
                             f"crop the volume to the region of interest or use a machine with more memory")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.1f} MB"
 
 
 def memory_limit_bytes() -> int:
