@@ -280,7 +280,8 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
 
     def save_weights(name: str, best: dict[str, Any] | None) -> None:
         card_now = training_card(plan, state, options, train_names, val_names, best)
-        save_checkpoint(out / name, model.state_dict(), card_now)
+        # clone: some networks (MONAI DynUNet) alias one tensor under two names, which safetensors refuses
+        save_checkpoint(out / name, {k: v.detach().clone() for k, v in model.state_dict().items()}, card_now)
 
     def run_validation() -> dict[str, Any]:
         started = time.time()
@@ -378,7 +379,7 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         say(f"stopped: {stop_reason}; {state['iteration']} iterations, {state['train_seconds'] / 60:.1f} min, "
             f"best mean validation Dice {state['best_score']:.4f}")
     if options.save_rank_weights:
-        save_checkpoint(out / f"rank{dist.rank}.safetensors", model.state_dict(), plan["card"])
+        save_checkpoint(out / f"rank{dist.rank}.safetensors", {k: v.detach().clone() for k, v in model.state_dict().items()}, plan["card"])
     dist.barrier()
     dist.close()
     return {k: state[k] for k in ("iteration", "epoch", "train_seconds", "best_score")}
