@@ -240,3 +240,19 @@ def test_sigterm_ends_a_run_cleanly(tmp_path, tiny_plan):
     assert "stop requested" in (tmp_path / "train.log").read_text()
     assert torch.load(tmp_path / "state.pt", weights_only=True)["iteration"] == summary["iteration"]
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_dynunet_baseline_trains_on_the_same_plan_and_evaluates(tmp_path, tiny_plan, hippocampus_mini):
+    from e2miseg_train.baselines import baseline_plan
+    from e2miseg_train.evaluate import evaluate, load_any
+    from e2miseg_train.trainer import FitOptions, fit
+
+    plan = baseline_plan(tiny_plan, filters=[8, 8, 16, 16])
+    assert plan["card"]["inference"] == tiny_plan["card"]["inference"] and plan["split"] == tiny_plan["split"]
+    options = FitOptions(out=str(tmp_path), epochs=1, iters_per_epoch=2, batch_size=2, val_every=1, device="cpu",
+                         threads=1, warmup_iters=0, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
+    assert fit(plan, options)["iteration"] == 2
+    model, card = load_any(str(tmp_path / "best.safetensors"), device="cpu")
+    assert card["architecture"]["name"] == "monai-dynunet" and not model.training
+    summary = evaluate(str(tmp_path / "best.safetensors"), hippocampus_mini, tmp_path / "eval", device="cpu")
+    assert summary["num_cases"] == 1 and set(summary["labels"]) == {"Anterior hippocampus", "Posterior hippocampus"}

@@ -47,6 +47,7 @@ class DynUNetBaseline(nn.Module):
         from monai.networks.nets import DynUNet
 
         levels = len(filters)
+        deep_supr_num = min(deep_supr_num, levels - 2)  # MONAI allows fewer heads than upsampling layers only
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "filters": list(filters),
                        "deep_supr_num": deep_supr_num, "res_block": res_block, "norm_name": norm_name}
         self.in_channels, self.num_classes = in_channels, num_classes
