@@ -85,8 +85,13 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
+    comparison = None
+    if args.compare:
+        from .evaluate import comparison_table
+
+        comparison = comparison_table([json.loads(Path(p).read_text()) for p in args.compare])
     path = export_run(args.run, args.out, checkpoint=args.checkpoint, metrics=args.metrics, name=args.name,
-                      version=args.version, half_precision=not args.fp32, record=args.record)
+                      version=args.version, half_precision=not args.fp32, record=args.record, comparison=comparison)
     print(f"exported {path}")
     return 0
 
@@ -160,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--fp32", action="store_true", help="keep float32 (default stores fp16)")
     p.add_argument("--record", action="store_true", help="record the sha256 in the folder's index.json")
+    p.add_argument("--compare", nargs="+", help="summary.json files of other models on the same cases, tabled in NAME.md")
     p.set_defaults(func=cmd_export)
     return parser
 

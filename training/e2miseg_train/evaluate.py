@@ -166,3 +166,18 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
     box_plot(rows, card["labels"], out / "boxplot.png", title)
     result["markdown"] = markdown
     return result
+
+
+def comparison_table(summaries: list[dict[str, Any]]) -> str:
+    """One Markdown table comparing several ``summary.json`` results (same cases) label by label."""
+    labels = list(summaries[0]["labels"])
+    header = "| model | architecture | cases | " + " | ".join(f"{name} Dice | {name} HD95 (mm)" for name in labels) + " |"
+    lines = [header, "|" + "---|" * (3 + 2 * len(labels))]
+    for summary in summaries:
+        cells = []
+        for name in labels:
+            s = summary["labels"].get(name, {})
+            cells.append(f"{s.get('dice_mean', math.nan):.4f} ± {s.get('dice_std', math.nan):.4f}")
+            cells.append(f"{s.get('hd95_mm_mean', math.nan):.2f}")
+        lines.append(f"| {summary['model']} | {summary['architecture']} | {summary['num_cases']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
