@@ -327,16 +327,16 @@ def test_engine_killed_from_outside_is_a_clear_error_and_no_change(logic, checkp
 
 
 def test_engine_error_line_reaches_the_caller(logic, checkpoint, hippocampus_image):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("needs a machine without CUDA so that device 'cuda' fails inside the engine")
+    # the engine checks its arguments before loading anything: its one-line error must come back as is
+    if not E2MISegLogic.engineAccepts("edge_strength", "--edge-strength"):
+        pytest.skip("this engine has no --edge-strength to refuse")
     volume, node = _scene_with_user_work(logic, hippocampus_image)
     before = scene_state(logic)
-    with pytest.raises(EngineError, match="^CUDA was requested but no CUDA GPU") as error:
-        logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cuda")
+    with pytest.raises(EngineError, match=r"^--edge-strength 2\.0 is outside 0\.\.1; use 0") as error:
+        logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", edgeStrength=2.0)
     assert "\n" not in str(error.value) and error.value.exit_code == 1
     assert scene_state(logic) == before
+    assert logic.activeTask is None
 
 
 def test_run_options_reach_the_engine_command(logic, checkpoint, hippocampus_image):

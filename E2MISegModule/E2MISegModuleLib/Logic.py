@@ -137,15 +137,17 @@ class E2MISegLogic:
         return [model.name for model in list_models()]
 
     def modelCard(self, model: Union[str, os.PathLike]) -> tuple[Path, dict]:
-        """The checkpoint path and model card of a store name or file (checksum verified)."""
-        from e2miseg.checkpoint import read_checkpoint
+        """The checkpoint path and model card of a store name or file (checksum verified).
+
+        Reads only the file's header: no weights in Slicer's memory and no torch import for a description.
+        """
+        from e2miseg.checkpoint import read_card
         from e2miseg.store import resolve
 
         stored = resolve(model)
         key = (str(stored.path.resolve()), stored.path.stat().st_mtime_ns)
         if key not in self._cards:
-            _, card = read_checkpoint(stored.path)
-            self._cards[key] = (stored.path, card)
+            self._cards[key] = (stored.path, read_card(stored.path))
         return self._cards[key]
 
     @staticmethod
