@@ -23,7 +23,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "E2MISegModule"))
 
-from edges_common import RESULTS, ROOT, markdown_table, summarise, validation_cases, write_json  # noqa: E402
+from edges_common import RESULTS, ROOT, compact_rows, markdown_table, summarise, validation_cases, write_json  # noqa: E402
 
 DEFAULT_CHECKPOINT = ROOT / "E2MISegModule" / "Resources" / "Models" / "e2miseg-hippocampus.safetensors"
 
@@ -88,7 +88,8 @@ def main() -> None:
     timing = result["timing"]
     time_summary = {key: float(np.mean([t[key] for t in timing])) for key in timing[0] if key != "case"} if timing else {}
     suffix = f"_{args.tag}" if args.tag else ""
-    write_json(RESULTS / f"edges_network{suffix}.json", {**result, "by_label": table, "mean_seconds": time_summary})
+    write_json(RESULTS / f"edges_network{suffix}.json", {**result, "rows": compact_rows(result["rows"]), "by_label": table,
+                                                          "mean_seconds": time_summary})
     lines = [f"# Edge refinement on network predictions ({result['model']}, validation cases only)", "",
              f"Checkpoint `{Path(result['checkpoint']).name}`; {len(timing)} cases of {args.dataset}; method {args.method}.", "",
              markdown_table(table, keys), "",

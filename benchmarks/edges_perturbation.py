@@ -23,7 +23,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "E2MISegModule"))
 
-from edges_common import RESULTS, markdown_table, perturbations, summarise, validation_cases, write_json  # noqa: E402
+from edges_common import RESULTS, compact_rows, markdown_table, perturbations, summarise, validation_cases, write_json  # noqa: E402
 from e2miseg.edges import EdgeOptions, refine_label_array  # noqa: E402
 from e2miseg.edges.metrics import label_metrics  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
                    "seconds_per_refinement_max": float(np.max(list(t.values())))} for (d, m, s), t in sorted(timing.items())]
     suffix = f"_{args.tag}" if args.tag else ""
     write_json(RESULTS / f"edges_perturbation{suffix}.json",
-               {"by_label": by_method, "by_perturbation": by_perturbation, "timing": time_table, "rows": rows,
+               {"by_label": by_method, "by_perturbation": by_perturbation, "timing": time_table, "rows": compact_rows(rows),
                 "cases": {d: [p.name for p, _ in validation_cases(d)][: args.limit or None] for d in args.datasets}})
     lines = ["# Edge refinement: perturbation experiment (validation cases only)", "",
              "Reference masks perturbed (dilate / erode / shift by 1 and 2 voxels; in-plane for ACDC), refined from soft maps",
