@@ -156,3 +156,38 @@ def test_predict_rejects_bad_edge_flags_before_loading(tmp_path, hippocampus_ima
     code = main(["predict", str(hippocampus_image), "-o", str(tmp_path / "o.nii.gz"), "--model", "no-such-model",
                  "--uncertainty", str(tmp_path / "u.png")])
     assert code == 5 and "uncertainty output" in capsys.readouterr().err
+
+
+def test_refine_cropped_multilayer_seg_nrrd_like_slicer_writes(tmp_path):
+    """Slicer crops .seg.nrrd files to the segments' extent and puts overlapping segments in layers."""
+    slicerio = pytest.importorskip("slicerio")
+    from e2miseg.io import ijk_to_lps
+
+    image_path, _, labels = under_drawn_case(tmp_path)
+    image = sitk.ReadImage(image_path)
+    start = np.array([2, 1, 1])  # (i, j, k) of the crop on the image grid
+    crop = labels[1:11, 1:20, 2:23]  # (k, j, i)
+    matrix = ijk_to_lps(image)
+    matrix[:3, 3] = matrix[:3, :3] @ start + matrix[:3, 3]
+    segmentation = slicerio.create_segmentation(crop.shape[::-1], matrix)
+    first = crop.transpose(2, 1, 0) == 1
+    overlap = first.copy()
+    overlap[8:] = False  # a segment overlapping half of the first one: goes to a second layer
+    slicerio.add_segment(segmentation, first, {"id": "block", "name": "block", "color": [1.0, 0.0, 0.0]})
+    slicerio.add_segment(segmentation, overlap, {"id": "note", "name": "note", "color": [0.0, 1.0, 0.0]})
+    assert segmentation["voxels"].ndim == 4
+    seg_path, out = tmp_path / "cropped.seg.nrrd", tmp_path / "cropped_refined.seg.nrrd"
+    slicerio.write_segmentation(str(seg_path), segmentation)
+    assert main(["refine", image_path, str(seg_path), "-o", str(out), "--labels", "block", "--strength", "0.8"]) == 0
+    before, after = slicerio.read_segmentation(str(seg_path)), slicerio.read_segmentation(str(out))
+    np.testing.assert_allclose(after["ijkToLPS"], before["ijkToLPS"], atol=1e-6)
+    assert after["voxels"].shape == before["voxels"].shape
+    assert np.array_equal(slicerio.segment_mask(after, after["segments"][1]), slicerio.segment_mask(before, before["segments"][1]))
+    grown, drawn = slicerio.segment_mask(after, after["segments"][0]), slicerio.segment_mask(before, before["segments"][0])
+    assert grown.sum() > drawn.sum()
+    # the image was sampled on the crop's grid: growth follows the bright block, which ends at k 3..8, j 4..13, i 5..14
+    truth = np.zeros(labels.shape, dtype=bool)
+    truth[3:9, 4:14, 5:15] = True
+    truth_crop = truth[1:11, 1:20, 2:23].transpose(2, 1, 0)
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    assert dice(grown, truth_crop) > dice(drawn, truth_crop)
