@@ -191,3 +191,20 @@ def test_refine_cropped_multilayer_seg_nrrd_like_slicer_writes(tmp_path):
     truth_crop = truth[1:11, 1:20, 2:23].transpose(2, 1, 0)
     dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
     assert dice(grown, truth_crop) > dice(drawn, truth_crop)
+
+
+def test_cohort_predict_refines_edges_like_a_single_case(tmp_path, checkpoint, hippocampus_image):
+    slicerio = pytest.importorskip("slicerio")
+    from conftest import shared_file
+
+    common = ["--model", str(checkpoint), "--device", "cpu", "--refine-edges", "--edge-strength", "0.9"]
+    out = tmp_path / "cohort"
+    assert main(["predict", str(shared_file("fixtures/Hippocampus_mini/imagesTr")), "-o", str(out), *common]) == 0
+    single = tmp_path / "single.nii.gz"
+    assert main(["predict", str(hippocampus_image), "-o", str(single), *common]) == 0
+    cohort_voxels = slicerio.read_segmentation(str(out / "hippocampus_001.seg.nrrd"))["voxels"].transpose(2, 1, 0)
+    assert np.array_equal(cohort_voxels, sitk.GetArrayFromImage(sitk.ReadImage(str(single))))
+    plain = tmp_path / "plain.nii.gz"
+    assert main(["predict", str(hippocampus_image), "-o", str(plain), "--model", str(checkpoint), "--device", "cpu"]) == 0
+    # strength 0.9 on a random network's soft probabilities does move some edges
+    assert not np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(plain))), cohort_voxels)

@@ -80,7 +80,8 @@ def run_cohort(folder: Path, output: Path, args) -> int:
             start = time.perf_counter()
             try:
                 labels = api.predict([str(p) for p in cases[name]], model, card, step=args.step, fast=args.fast,
-                                     tta=args.tta, keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3)
+                                     tta=args.tta, keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
+                                     refine_edges=getattr(args, "refine_edges", False), edge_strength=getattr(args, "edge_strength", None))
                 write_result(labels, card, target)
             except E2MISegError as exc:
                 failures += 1
