@@ -107,8 +107,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def helpText(self):
         return "<html>" + _("Refine the selected segment's edge where you paint.<br>"
                             "<p><b>Left-drag</b> in a slice view along a wrong edge: when you release, the boundary under "
-                            "the stroke moves to the image's edge. Elsewhere nothing changes. Masking settings and "
-                            "undo apply as for Paint.</p>") + "</html>"
+                            "the stroke moves to the image's edge. The region is a tube of the brush radius around "
+                            "the stroke, in 3D (neighbouring slices within the radius are included). Elsewhere "
+                            "nothing changes. Masking settings and undo apply as for Paint.</p>") + "</html>"
 
     def setupOptionsFrame(self):
         import ctk
@@ -165,10 +166,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.scriptedEffect.cursorOff(viewWidget)
             self.feedbackFor(viewWidget).addPoint(self.xyToRas(callerInteractor.GetEventPosition(), viewWidget))
             return True
-        if eventId == vtk.vtkCommand.MouseMoveEvent and self.painting is viewWidget:
+        if eventId == vtk.vtkCommand.MouseMoveEvent and self.painting == viewWidget:
             self.feedbackFor(viewWidget).addPoint(self.xyToRas(callerInteractor.GetEventPosition(), viewWidget))
             return True
-        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self.painting is viewWidget:
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self.painting == viewWidget:
             feedback = self.feedbackFor(viewWidget)
             points = [feedback.rasPoints.GetPoint(i) for i in range(feedback.rasPoints.GetNumberOfPoints())]
             self.painting = None
