@@ -16,7 +16,8 @@ def window_starts(size: int, patch: int, step: float) -> list[int]:
     """
     if patch >= size:
         return [0]
-    count = math.ceil((size - patch) / (patch * step)) + 1
+    # a stride under one voxel (tiny patch x small step) would only repeat windows
+    count = math.ceil((size - patch) / max(1.0, patch * step)) + 1
     span = size - patch
     return [int(round(i * span / (count - 1))) for i in range(count)]
 

@@ -141,12 +141,25 @@ def read_checked_channels(images: Sequence[str | os.PathLike | sitk.Image] | str
     if isinstance(images, (str, os.PathLike, sitk.Image)):
         images = [images]
     check_headers([read_header(item) for item in images], card, memory_limit)
-    channels = read_channels(images)
+    channels = [_flush_tiny_direction(image) for image in read_channels(images)]
     for index, image in enumerate(channels):
         name = f"channel {index} ({card['channels'][index]['name']})"
         check_geometry(image, name)  # again on the loaded image: a DICOM series' geometry is only known now
         check_intensities(sitk.GetArrayViewFromImage(image), name)
     return channels
+
+
+def _flush_tiny_direction(image: sitk.Image) -> sitk.Image:
+    """Direction entries below 1e-30 become 0: ITK's SVD inside every resampler fails on values whose
+    squares underflow, and the segmentation then comes out silently misplaced. Physically they are 0."""
+    direction = np.array(image.GetDirection(), dtype=float)
+    tiny = (direction != 0) & (np.abs(direction) < 1e-30)
+    if not tiny.any():
+        return image
+    direction[tiny] = 0.0
+    image = sitk.Image(image)  # a copy (copy-on-write): the caller's image keeps its header
+    image.SetDirection(tuple(direction))
+    return image
 
 
 def check_intensities(array: np.ndarray, name: str) -> None:
