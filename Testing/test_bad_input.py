@@ -221,3 +221,21 @@ def test_wide_integer_image_runs_end_to_end(tmp_path, checkpoint):
     reference = e2miseg.predict(volume(good_array()), model)  # same contrast without the offset
     assert labels.GetSize() == (16, 14, 12)
     assert np.mean(sitk.GetArrayViewFromImage(labels) == sitk.GetArrayViewFromImage(reference)) > 0.99
+
+
+def test_multi_member_gzip_nifti_is_complete(tmp_path):
+    """bgzip/pigz-style files hold several gzip members; the trailer check must not call them truncated."""
+    import gzip
+
+    from e2miseg.io import check_complete, read_image
+
+    sitk.WriteImage(volume(good_array()), str(tmp_path / "plain.nii"))
+    raw = (tmp_path / "plain.nii").read_bytes()
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    check_complete(tmp_path / "members.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(tmp_path / "members.nii.gz")), good_array())
+    (tmp_path / "cut.nii").write_bytes(raw[:-10])  # uncompressed NIfTI: the file size tells
+    from e2miseg.errors import InputImageError
+
+    with pytest.raises(InputImageError, match="cut.nii is truncated"):
+        check_complete(tmp_path / "cut.nii")

@@ -179,16 +179,18 @@ def _check_nifti_complete(path: Path, compressed: bool) -> None:
     if stored_size == expected % (1 << 32):
         return
     # The trailer disagrees: a truncated stream, or a multi-member / padded one. Decompress to know.
-    total = 0
+    total, stream = 0, zlib.decompressobj(wbits=31)
     try:
-        with gzip.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                total += len(block)
-    except EOFError:
-        raise _truncated(path, total, expected) from None
-    except (OSError, zlib.error) as exc:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                while block:
+                    total += len(stream.decompress(block, 1 << 24))
+                    block = stream.unconsumed_tail
+                    if stream.eof and stream.unused_data:  # the next gzip member
+                        block, stream = stream.unused_data + block, zlib.decompressobj(wbits=31)
+    except zlib.error as exc:
         raise InputImageError(f"{path.name} is a damaged gzip file ({exc}); copy or export it again") from None
-    if total < expected:
+    if not stream.eof or total < expected:
         raise _truncated(path, total, expected)
 
 

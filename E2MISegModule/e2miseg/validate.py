@@ -109,7 +109,7 @@ def check_headers(headers: Sequence[ImageHeader], card: dict[str, Any], memory_l
         if header.dimension not in (2, 3, 4):
             raise InputImageError(f"{name} has {header.dimension} dimensions; give a 3D volume (or a 4D image whose 4th axis is channels)")
         if 0 in header.size:
-            raise InputImageError(f"{name} has a zero-size dimension {header.size}; the file holds no voxels")
+            raise InputImageError(f"{name} has a zero-size dimension {header.size}; the file holds no voxels, export the image again")
         if kind == "3d" and (header.dimension == 2 or 1 in header.size_xyz):
             raise InputImageError(f"{name} is a single 2D slice (size {header.size}) but model '{card['name']}' is a 3D model; "
                                   f"give a 3D volume or choose a 2D model")
@@ -131,7 +131,8 @@ def check_headers(headers: Sequence[ImageHeader], card: dict[str, Any], memory_l
             raise InputImageError(f"{header.name} is not on the same grid as the first channel; resample the channels onto one grid first")
     if _network_shape(first.size_xyz, first.spacing_xyz, card) is None:
         target = card["preprocessing"]["target_spacing_xyz"]
-        raise InputImageError(f"{first.name} is smaller than one voxel at the model's spacing {target} mm; it is too small to segment")
+        raise InputImageError(f"{first.name} is smaller than one voxel at the model's spacing {target} mm; "
+                              f"check the voxel spacing in its header (it is too small to segment)")
     check_memory(headers, card, memory_limit)
 
 
@@ -140,10 +141,12 @@ def read_checked_channels(images: Sequence[str | os.PathLike | sitk.Image] | str
     """Read the model's input channels, checking headers before any voxel is loaded and voxels after."""
     if isinstance(images, (str, os.PathLike, sitk.Image)):
         images = [images]
-    check_headers([read_header(item) for item in images], card, memory_limit)
+    headers = [read_header(item) for item in images]
+    check_headers(headers, card, memory_limit)
     channels = [_flush_tiny_direction(image) for image in read_channels(images)]
+    sources = [header.name for header in headers for _ in range(header.channels)]
     for index, image in enumerate(channels):
-        name = f"channel {index} ({card['channels'][index]['name']})"
+        name = sources[index] if len(channels) == 1 else f"{sources[index]} (channel {index}, {card['channels'][index]['name']})"
         check_geometry(image, name)  # again on the loaded image: a DICOM series' geometry is only known now
         check_intensities(sitk.GetArrayViewFromImage(image), name)
     return channels
