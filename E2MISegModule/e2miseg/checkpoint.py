@@ -124,9 +124,10 @@ def _check_entries(header: dict[str, Any], data_len: int, name: str) -> None:
                 count *= dim
             expected = count * _DTYPE_BYTES[entry["dtype"]]
         except KeyError:
-            raise CheckpointError(f"{name}: tensor '{key}' has a malformed header entry or an unsupported dtype") from None
+            raise CheckpointError(f"{name}: tensor '{key}' has a malformed header entry or an unsupported dtype; "
+                                  f"the file is corrupted or not from E2MISeg") from None
         except (TypeError, ValueError):
-            raise CheckpointError(f"{name}: tensor '{key}' has a malformed header entry") from None
+            raise CheckpointError(f"{name}: tensor '{key}' has a malformed header entry; the file is corrupted") from None
         if not (0 <= start <= end) or end - start != expected:
             raise CheckpointError(f"{name}: tensor '{key}' points outside the file or has the wrong size; the file is corrupted")
         if end > data_len:  # a consistent header whose data was cut short: a partial download or copy
@@ -165,7 +166,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{name} is truncated: its header claims {header_len} bytes but the file is {size} bytes")
         header = _load_json(f.read(header_len), f"{name}'s safetensors header")
     if not isinstance(header, dict):
-        raise CheckpointError(f"{name} has a malformed safetensors header (not an object)")
+        raise CheckpointError(f"{name} has a malformed safetensors header (not an object); the file is corrupted")
     _check_entries(header, size - 8 - header_len, name)
     return header
 
@@ -214,8 +215,10 @@ def load_weights_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
     for key, target in expected.items():
         value = tensors[key]
         if tuple(value.shape) != tuple(target.shape):
-            raise CheckpointError(f"{name}: tensor '{key}' has shape {tuple(value.shape)} but the architecture needs {tuple(target.shape)}")
+            raise CheckpointError(f"{name}: tensor '{key}' has shape {tuple(value.shape)} but the architecture needs "
+                                  f"{tuple(target.shape)}; the weights were trained for another configuration than its card says")
         if value.is_floating_point() != target.is_floating_point():
-            raise CheckpointError(f"{name}: tensor '{key}' has dtype {value.dtype} but the architecture needs {target.dtype}")
+            raise CheckpointError(f"{name}: tensor '{key}' has dtype {value.dtype} but the architecture needs {target.dtype}; "
+                                  f"the file is damaged or was not exported by E2MISeg")
         converted[key] = value.to(target.dtype)
     model.load_state_dict(converted, strict=True)
