@@ -34,10 +34,11 @@ def checkpoint(tmp_path_factory) -> Path:
 def empty_store(tmp_path_factory, monkeypatch):
     # store-name lookups see an empty user store, whatever is installed on the machine
     monkeypatch.setenv("E2MISEG_MODELS", str(tmp_path_factory.mktemp("store")))
+    monkeypatch.setenv("E2MISEG_RUNTIME", "torch")  # no OpenVINO conversion: these runs test validation, not speed
 
 
 def cli_env() -> dict[str, str]:
-    return {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+    return {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "E2MISEG_RUNTIME": "torch",
             "E2MISEG_MODELS": os.environ["E2MISEG_MODELS"], "HOME": os.environ.get("HOME", "/tmp")}
 
 

@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def logic(tmp_path, monkeypatch):
     monkeypatch.setenv("E2MISEG_MODELS", str(tmp_path / "store"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("E2MISEG_RUNTIME", "torch")
     logic = E2MISegLogic(slicer.vtkMRMLScene())
     logic.logCallback = None
     return logic

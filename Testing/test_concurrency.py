@@ -70,10 +70,11 @@ def test_concurrent_writers_and_a_reader_never_see_a_mix(tmp_path, name):
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary files left behind
 
 
-def test_two_cli_predictions_to_one_output(tmp_path):
+def test_two_cli_predictions_to_one_output(tmp_path, monkeypatch):
     """Two `e2miseg predict` processes with different inputs and one -o: the result is one of the two runs."""
     import e2miseg
 
+    monkeypatch.setenv("E2MISEG_RUNTIME", "torch")  # the same runtime as the subprocesses below
     checkpoint = make_e2miseg_checkpoint(tmp_path / "tiny.safetensors", spacing=(1.5, 1.5, 1.5))
     inputs = []
     for seed in (1, 2):
@@ -85,7 +86,7 @@ def test_two_cli_predictions_to_one_output(tmp_path):
     assert not np.array_equal(*expected)  # the two runs are distinguishable
     output = tmp_path / "out" / "result.seg.nrrd"
     output.parent.mkdir()
-    env = {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    env = {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "E2MISEG_RUNTIME": "torch"}
     runs = [subprocess.Popen([sys.executable, "-m", "e2miseg.cli", "predict", str(p), "-o", str(output), "--model", str(checkpoint),
                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
             for p in inputs]

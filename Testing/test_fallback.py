@@ -21,6 +21,13 @@ from e2miseg.progress import Reporter
 from helpers import make_card
 
 
+@pytest.fixture(autouse=True)
+def torch_runtime(monkeypatch):
+    # these tests drive PyTorch modules directly (injected failures, pointwise nets); an OpenVINO
+    # conversion per example would only add minutes
+    monkeypatch.setenv("E2MISEG_RUNTIME", "torch")
+
+
 class Pointwise(torch.nn.Module):
     kind = "3d"
     num_classes = 3

@@ -20,6 +20,13 @@ from helpers import make_card
 SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.fixture(autouse=True)
+def torch_runtime(monkeypatch):
+    # these tests drive PyTorch modules directly (injected failures, pointwise nets); an OpenVINO
+    # conversion per example would only add minutes
+    monkeypatch.setenv("E2MISEG_RUNTIME", "torch")
+
+
 class ThresholdNet(torch.nn.Module):
     """Class 1 where the (unnormalised) intensity is above 200, half-way between background 100 and block 300:
     a pointwise 'network' whose answer is known."""
