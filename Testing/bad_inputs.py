@@ -185,6 +185,11 @@ def _case_output_under_a_file(d: Path) -> BadInput:
     return BadInput([_good_input(d)], 5, "is a file, not a folder", output_name="notafolder/out.seg.nrrd")
 
 
+def _case_output_is_a_folder(d: Path) -> BadInput:
+    (d / "out.seg.nrrd").mkdir()
+    return BadInput([_good_input(d)], 5, "is a folder; give a file name inside it")
+
+
 def _case_wrong_model_name(d: Path) -> BadInput:
     return BadInput([_good_input(d)], 4, "no model named 'no-such-model'", model="no-such-model")
 
@@ -213,5 +218,6 @@ CASES: dict[str, Callable[[Path], BadInput]] = {
     "unknown output extension": _case_unknown_extension,
     "output path equals input": _case_output_is_input,
     "output folder is a file": _case_output_under_a_file,
+    "output path is a folder": _case_output_is_a_folder,
     "wrong model name": _case_wrong_model_name,
 }

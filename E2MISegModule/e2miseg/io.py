@@ -344,7 +344,7 @@ def check_output_folder(path: str | os.PathLike) -> None:
     if not os.access(folder, os.W_OK):
         raise OutputError(f"output folder {folder} is not writable; choose a folder you can write to")
     if path.is_dir():
-        raise OutputError(f"output {path} is a folder; give a file name such as {path.name}.seg.nrrd")
+        raise OutputError(f"output {path} is a folder; give a file name inside it, such as {path / 'result.seg.nrrd'}")
 
 
 @contextmanager
