@@ -1,7 +1,9 @@
 """Shared fixtures: paths to the real data beside the project and small synthetic volumes."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "E2MISegModule"))  # the engine and the Slicer logic, without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# Converting each throw-away test network for OpenVINO would cost tens of seconds per network:
+# tests run the PyTorch runtime unless they ask for OpenVINO (test_runtime.py), and never write
+# conversion caches into the user's home.
+os.environ.setdefault("E2MISEG_RUNTIME", "torch")
+os.environ.setdefault("E2MISEG_CACHE", tempfile.mkdtemp(prefix="e2miseg-test-cache-"))
 FIXTURES = SHARED_DATA / "fixtures"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -23,7 +24,8 @@ def checkpoint(tmp_path_factory):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin"})
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin",
+                               **{k: v for k, v in os.environ.items() if k.startswith("E2MISEG_")}})
 
 
 def test_predict_writes_seg_nrrd_on_the_input_geometry(tmp_path, checkpoint, hippocampus_image):

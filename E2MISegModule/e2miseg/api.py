@@ -13,7 +13,7 @@ from typing import Any, Sequence, Union
 import SimpleITK as sitk
 import torch
 
-from .checkpoint import load_weights_into, read_checkpoint
+from .checkpoint import load_weights_into, read_checkpoint, sha256_of
 from .errors import CheckpointError
 from .inference import InferenceOptions, Predictor, resolve_device
 from .postprocess import clean_labels, labels_on_input_grid, probability_image
@@ -53,6 +53,7 @@ def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> tuple[t
     load_weights_into(model, tensors, stored.path.name)
     model = model.to(resolve_device(device)).eval()
     model.card = card
+    model.weights_sha256 = stored.sha256 or sha256_of(stored.path)  # keys the OpenVINO conversion cache
     return model, card
 
 
@@ -61,12 +62,13 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
             fast: bool = False, tta: bool = False, batch_size: int | None = None, keep_largest: bool = False,
             min_island_mm3: float = 0.0, return_probabilities: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-            refine_edges: bool = False, edge_strength: float | None = None):
+            refine_edges: bool = False, edge_strength: float | None = None, runtime: str | None = None):
     """Segment one case: file paths or SimpleITK images in, a uint8 label image on the input grid out.
 
     :param images: one path/image per channel, a 4D image, or a DICOM series folder.
     :param model: a network from ``load_model`` (carrying ``.card``), or a store name or checkpoint path.
     :param device: None keeps the model's device; otherwise auto, cpu, cuda or mps.
+    :param runtime: auto (OpenVINO on the CPU when installed, else PyTorch), torch or openvino.
     :param return_probabilities: also return the class probabilities on the input grid (vector image).
     :param progress: called with ``ProgressEvent`` (stage, done, total, eta_s).
     :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.
@@ -87,7 +89,8 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     reporter.report("preprocess", 1, 1)
     if device is None:
         device = str(next(model.parameters()).device)
-    predictor = Predictor(model, card, InferenceOptions(device=device, step=step, fast=fast, tta=tta, batch_size=batch_size))
+    predictor = Predictor(model, card, InferenceOptions(device=device, step=step, fast=fast, tta=tta, batch_size=batch_size,
+                                                         runtime=runtime))
     probabilities = predictor.predict(array, reporter)
     del array
     reporter.report("postprocess", 0, 1)

@@ -108,7 +108,7 @@ def cmd_predict(args) -> int:
     labels = api.predict(channels, model, card, step=args.step, fast=args.fast, tta=args.tta,
                          keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
                          progress=progress, cancel=cancel, refine_edges=args.refine_edges, edge_strength=args.edge_strength,
-                         return_probabilities=bool(args.uncertainty))
+                         return_probabilities=bool(args.uncertainty), runtime=args.runtime)
     labels, probabilities = labels if args.uncertainty else (labels, None)
     if isinstance(progress, TqdmProgress):
         progress.close()
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction of the patch (default from the model)")
     p.add_argument("--fast", action="store_true", help="coarser step for a quicker result")
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (slower, sometimes more accurate)")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None,
+                   help="network runtime: auto = OpenVINO on the CPU when installed, else PyTorch (env E2MISEG_RUNTIME)")
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
     p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this volume")
     p.add_argument("--json-progress", action="store_true", help="print one JSON progress object per line on stdout")

@@ -60,7 +60,12 @@ def run_cohort(folder: Path, output: Path, args) -> int:
     from . import api
 
     cases = find_cases(folder)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"output {output} is a file but a folder of cases needs an output folder; give a folder path")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {output} ({exc.strerror or exc}); choose a folder you can write to") from None
     if not os.access(output, os.W_OK):
         raise OutputError(f"output folder {output} is not writable; choose a folder you can write to")
     names, rank, world = shard(sorted(cases))
@@ -81,7 +86,8 @@ def run_cohort(folder: Path, output: Path, args) -> int:
             try:
                 labels = api.predict([str(p) for p in cases[name]], model, card, step=args.step, fast=args.fast,
                                      tta=args.tta, keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
-                                     refine_edges=getattr(args, "refine_edges", False), edge_strength=getattr(args, "edge_strength", None))
+                                     refine_edges=getattr(args, "refine_edges", False), edge_strength=getattr(args, "edge_strength", None),
+                                     runtime=getattr(args, "runtime", None))
                 write_result(labels, card, target)
             except E2MISegError as exc:
                 failures += 1

@@ -22,6 +22,7 @@ import torch
 
 from .errors import ResourceError
 from .progress import Reporter
+from .runtime import make_forward
 
 LOG = logging.getLogger("e2miseg")
 
@@ -60,6 +61,7 @@ def step_down(predictor: Any) -> str | None:
     if predictor.device.type != "cpu":
         predictor.device = torch.device("cpu")
         predictor.model = predictor.model.to(predictor.device)
+        predictor.forward = make_forward(predictor.model, predictor.device, predictor.options.runtime)
         return "retrying on the CPU (much slower)"
     return None
 

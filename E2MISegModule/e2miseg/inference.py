@@ -16,6 +16,7 @@ import torch
 from .errors import E2MISegError
 from .preprocess import AXIS_INDEX_ZYX
 from .progress import Reporter
+from .runtime import make_forward
 from .tiling import gaussian_weights, pad_to_at_least, pad_to_multiple, slice_stack_indices, window_grid
 
 
@@ -26,6 +27,7 @@ class InferenceOptions:
     fast: bool = False
     tta: bool = False  # mirror test-time augmentation over the card's mirror axes
     batch_size: Optional[int] = None
+    runtime: Optional[str] = None  # auto (OpenVINO on CPU when installed, else PyTorch), torch, openvino
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -51,7 +53,7 @@ def mirror_combinations(axes: list[int]) -> list[tuple[int, ...]]:
     return [combo for r in range(len(axes) + 1) for combo in combinations(axes, r)]
 
 
-def _forward_probabilities(model: torch.nn.Module, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+def _forward_probabilities(model, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
     total = None
     for dims in flips:
         x = torch.flip(batch, dims) if dims else batch
@@ -75,6 +77,7 @@ class Predictor:
         self.settings = card["inference"]
         self.device = resolve_device(self.options.device)
         self.model = model.to(self.device).eval()
+        self.forward = make_forward(self.model, self.device, self.options.runtime)
         self.num_classes = int(getattr(model, "num_classes", 0)) or 1 + max(label["value"] for label in card["labels"])
         self.batch_size = self.options.batch_size or self.settings["batch_size"]
         default_step = self.settings["fast_step"] if self.options.fast else self.settings["step"]
@@ -121,7 +124,7 @@ class Predictor:
         for group in _batches(windows, self.batch_size):
             reporter.check_cancel()
             batch = torch.from_numpy(np.stack([padded[(slice(None),) + w] for w in group])).to(self.device)
-            probs = (_forward_probabilities(self.model, batch, flips) * weights_device).to(stitch)
+            probs = (_forward_probabilities(self.forward, batch, flips) * weights_device).to(stitch)
             for window, tile in zip(group, probs):
                 accumulated[(slice(None),) + window] += tile
                 weight_sum[window] += weights_stitch
@@ -150,7 +153,7 @@ class Predictor:
             # channel-major stacks: the k neighbours of channel 0, then of channel 1, ...
             tiles = [padded[:, slice_stack_indices(count, i, slices)].reshape(channels * slices, *padded.shape[2:]) for i in group]
             batch = torch.from_numpy(np.stack(tiles)).to(self.device)
-            probs = _forward_probabilities(self.model, batch, flips).cpu().numpy()
+            probs = _forward_probabilities(self.forward, batch, flips).cpu().numpy()
             out[:, group[0]:group[-1] + 1] = np.moveaxis(probs[(slice(None), slice(None)) + crop], 0, 1)
             done += len(group)
             reporter.report("infer", done, count)

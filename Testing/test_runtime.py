@@ -1,0 +1,77 @@
+"""The OpenVINO runtime gives PyTorch's probabilities, caches its conversion, and falls back safely."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from e2miseg.card import validate_card
+from e2miseg.errors import E2MISegError
+from e2miseg.inference import InferenceOptions, Predictor
+from e2miseg.runtime import make_forward, resolve_runtime
+from helpers import make_card, small_e2miseg_config
+
+openvino = pytest.importorskip("openvino", reason="openvino not installed: the CPU runtime falls back to PyTorch")
+
+
+@pytest.fixture
+def small_model():
+    from e2miseg.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("e2miseg", **small_e2miseg_config()).eval()
+
+
+def test_openvino_predictor_matches_pytorch_and_reuses_its_cache(small_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    volume = np.random.default_rng(0).normal(size=(1, 20, 24, 18)).astype(np.float32)
+    card = validate_card(make_card(config=small_e2miseg_config(), batch_size=3))
+    eager = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="torch")).predict(volume)
+    converted = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="openvino")).predict(volume)
+    np.testing.assert_allclose(converted, eager, atol=1e-4)
+    irs = list((tmp_path / "openvino").glob("*.xml"))
+    assert len(irs) == 1  # one conversion, dynamic batch: full and last partial batch share it
+    stamp = irs[0].stat().st_mtime_ns
+    again = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="openvino")).predict(volume)
+    np.testing.assert_allclose(again, eager, atol=1e-4)
+    assert irs[0].stat().st_mtime_ns == stamp  # loaded from the cache, not converted again
+
+
+def test_changed_weights_get_their_own_conversion(tmp_path, monkeypatch):
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    torch.manual_seed(1)
+    small_model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
+    batch = torch.randn(1, 1, 16, 16, 16)
+    first = make_forward(small_model, torch.device("cpu"), "openvino")(batch)
+    with torch.no_grad():
+        next(small_model.parameters()).add_(0.5)
+    second = make_forward(small_model, torch.device("cpu"), "openvino")(batch)
+    with torch.inference_mode():
+        torch.testing.assert_close(second, small_model(batch), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(first, second)
+    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 2
+
+
+def test_unconvertible_network_falls_back_to_pytorch(tmp_path, monkeypatch):
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: tracing cannot capture it faithfully
+                return torch.cat([x, -x], 1)
+            raise RuntimeError("tracing path not supported")
+
+    monkeypatch.setattr("e2miseg.runtime.OpenVinoForward._convert", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    forward = make_forward(DataDependent(), torch.device("cpu"), "openvino")
+    with pytest.warns(UserWarning, match="using PyTorch"):
+        out = forward(torch.ones(1, 1, 4, 4))
+    assert out.shape == (1, 2, 4, 4)
+
+
+def test_runtime_choice():
+    assert resolve_runtime("auto", torch.device("cpu")) == "openvino"
+    assert resolve_runtime("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(E2MISegError, match="unknown runtime"):
+        resolve_runtime("tensorrt", torch.device("cpu"))
+    with pytest.raises(E2MISegError, match="CPU only"):
+        resolve_runtime("openvino", torch.device("cuda"))
