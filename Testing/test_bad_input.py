@@ -245,3 +245,15 @@ def test_multi_member_gzip_nifti_is_complete(tmp_path):
 
     with pytest.raises(InputImageError, match="cut.nii is truncated"):
         check_complete(tmp_path / "cut.nii")
+
+
+def test_cohort_output_that_is_a_file(tmp_path, checkpoint, capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    sitk.WriteImage(volume(good_array()), str(cases / "case1.nii.gz"))
+    existing = tmp_path / "results.csv"
+    existing.write_bytes(SENTINEL)
+    assert main(["predict", str(cases), "-o", str(existing), "--model", str(checkpoint)]) == 5
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and "is a file but a folder of cases needs an output folder" in line
+    assert existing.read_bytes() == SENTINEL
