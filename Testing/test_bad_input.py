@@ -43,7 +43,7 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True, encoding="utf-8", cwd=ROOT,
                           env=cli_env(), timeout=300, **kwargs)
 
 
@@ -117,7 +117,7 @@ def test_memory_limit_from_environment(tmp_path, checkpoint):
     sitk.WriteImage(volume(good_array()), str(tmp_path / "good.nrrd"))
     env = {**cli_env(), "E2MISEG_MEMORY_LIMIT_MB": "0.01"}
     result = subprocess.run([sys.executable, "-m", "e2miseg.cli", "predict", str(tmp_path / "good.nrrd"), "-o",
-                             str(tmp_path / "o.seg.nrrd"), "--model", str(checkpoint)], capture_output=True, text=True, env=env)
+                             str(tmp_path / "o.seg.nrrd"), "--model", str(checkpoint)], capture_output=True, text=True, encoding="utf-8", env=env)
     assert result.returncode == 6 and "MB of memory but 0.0 MB is available" in result.stderr
     assert not (tmp_path / "o.seg.nrrd").exists()
 
@@ -173,7 +173,7 @@ def test_cancel_mid_run_writes_nothing(tmp_path, checkpoint, signum):
     before = snapshot(tmp_path)
     process = subprocess.Popen([sys.executable, "-m", "e2miseg.cli", "predict", str(tmp_path / "big.nrrd"), "-o", str(output),
                                 "--model", str(checkpoint), "--device", "cpu", "--json-progress", "--step", "0.25"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", cwd=ROOT, env=cli_env())
     try:
         for line in process.stdout:
             if '"stage": "infer"' in line and '"done": 0' not in line:

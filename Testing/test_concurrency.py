@@ -88,7 +88,7 @@ def test_two_cli_predictions_to_one_output(tmp_path, monkeypatch):
     output.parent.mkdir()
     env = {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "E2MISEG_RUNTIME": "torch"}
     runs = [subprocess.Popen([sys.executable, "-m", "e2miseg.cli", "predict", str(p), "-o", str(output), "--model", str(checkpoint),
-                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env, cwd=ROOT)
             for p in inputs]
     for run in runs:
         _, stderr = run.communicate(timeout=300)

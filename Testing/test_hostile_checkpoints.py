@@ -54,7 +54,7 @@ def card_metadata(card: dict | str) -> dict:
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
            "E2MISEG_MODELS": os.environ.get("E2MISEG_MODELS", "/nonexistent"), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True, encoding="utf-8", cwd=ROOT, env=env, timeout=300)
 
 
 def assert_one_line(result: subprocess.CompletedProcess, code: int, fragment: str) -> None:
