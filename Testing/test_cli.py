@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True, encoding="utf-8",
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin",
                                **{k: v for k, v in os.environ.items() if k.startswith("E2MISEG_")}})
 
