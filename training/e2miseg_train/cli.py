@@ -91,7 +91,8 @@ def cmd_export(args) -> int:
 
         comparison = comparison_table([json.loads(Path(p).read_text()) for p in args.compare])
     path = export_run(args.run, args.out, checkpoint=args.checkpoint, metrics=args.metrics, name=args.name,
-                      version=args.version, half_precision=not args.fp32, record=args.record, comparison=comparison)
+                      version=args.version, half_precision=not args.fp32, record=args.record, comparison=comparison,
+                      notes=Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else args.notes)
     print(f"exported {path}")
     return 0
 
@@ -159,12 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the single-file checkpoint with the full model card")
     p.add_argument("run", help="run folder from `fit`")
     p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--checkpoint", default="best", help="best, last, or another NAME.safetensors stem in the run folder")
     p.add_argument("--metrics", help="summary.json from `evaluate` to put in the card")
     p.add_argument("--name")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--fp32", action="store_true", help="keep float32 (default stores fp16)")
     p.add_argument("--record", action="store_true", help="record the sha256 in the folder's index.json")
+    p.add_argument("--notes", help="text (or a text file) for the card's provenance and the Markdown card")
     p.add_argument("--compare", nargs="+", help="summary.json files of other models on the same cases, tabled in NAME.md")
     p.set_defaults(func=cmd_export)
     return parser

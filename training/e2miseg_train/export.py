@@ -55,7 +55,7 @@ def build_export_card(run: Path, card: dict[str, Any], metrics: dict[str, Any] |
 
 
 def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, curves: str | None,
-                        comparison: str | None = None) -> str:
+                        comparison: str | None = None, notes: str | None = None) -> str:
     prov = card.get("provenance", {})
     training = prov.get("training", {})
     split = prov.get("split", {})
@@ -78,6 +78,8 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, cu
         lines += ["## Validation (engine inference on the input grid, as in Slicer)", "", metrics["markdown"]]
     if comparison:
         lines += ["## Comparison", "", comparison]
+    if notes:
+        lines += ["## Notes", "", notes.strip(), ""]
     if curves:
         lines += ["## Training curve", "", f"![training curve]({curves})", ""]
     if card.get("attribution"):
@@ -87,7 +89,7 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, cu
 
 def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metrics: str | Path | None = None,
                name: str | None = None, version: str = "1.0.0", half_precision: bool = True, record: bool = False,
-               markdown: bool = True, comparison: str | None = None) -> Path:
+               markdown: bool = True, comparison: str | None = None, notes: str | None = None) -> Path:
     run, out = Path(run), Path(out)
     tensors, card = read_checkpoint(run / f"{checkpoint}.safetensors")
     summary = None
@@ -96,6 +98,8 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metri
         summary_md = Path(metrics).with_name("summary.md")
         summary["markdown"] = summary_md.read_text() if summary_md.exists() else ""
     card = build_export_card(run, card, summary, name, version)
+    if notes:
+        card.setdefault("provenance", {})["notes"] = notes.strip()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, tensors, card, half_precision=half_precision)
     if record:
@@ -106,5 +110,5 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metri
         if (run / "curves.png").exists():
             curves = f"{stem}-curves.png"
             shutil.copyfile(run / "curves.png", out.with_name(curves))
-        out.with_name(f"{stem}.md").write_text(model_card_markdown(card, summary, curves, comparison))
+        out.with_name(f"{stem}.md").write_text(model_card_markdown(card, summary, curves, comparison, notes))
     return out
