@@ -30,7 +30,7 @@ def test_openvino_predictor_matches_pytorch_and_reuses_its_cache(small_model, tm
     converted = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="openvino")).predict(volume)
     np.testing.assert_allclose(converted, eager, atol=1e-4)
     irs = list((tmp_path / "openvino").glob("*.xml"))
-    assert len(irs) == 1  # one conversion, dynamic batch: full and last partial batch share it
+    assert len(irs) == 1  # one conversion: the full and the last partial batch share it
     stamp = irs[0].stat().st_mtime_ns
     again = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="openvino")).predict(volume)
     np.testing.assert_allclose(again, eager, atol=1e-4)

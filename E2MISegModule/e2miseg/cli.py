@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -210,6 +211,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "models" and args.action in ("info", "import", "convert") and not args.name:
         parser.error(f"models {args.action} needs a model name or file")
+    # One-time notices (e.g. the OpenVINO conversion, which takes a minute) go to stderr as single lines.
+    notices = logging.getLogger("e2miseg")
+    if not notices.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("e2miseg: %(message)s"))
+        notices.addHandler(handler)
+        notices.setLevel(logging.INFO)
     try:
         return args.func(args)
     except E2MISegError as exc:

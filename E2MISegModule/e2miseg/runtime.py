@@ -64,7 +64,12 @@ def weights_key(model: torch.nn.Module) -> str:
 
 
 class OpenVinoForward:
-    """Runs a PyTorch network through OpenVINO; one compiled model per input shape (batch is dynamic)."""
+    """Runs a PyTorch network through OpenVINO.
+
+    One converted model (IR) per input shape is cached on disk; it is compiled once per batch size
+    with fully static shapes, because the CPU plugin refuses some fused E2MISeg layers with a dynamic
+    batch ("any_of(scale.size(), OC, 1U)"), and static shapes are its fastest path anyway.
+    """
 
     def __init__(self, model: torch.nn.Module, threads: int | None = None):
         import openvino as ov
@@ -75,6 +80,7 @@ class OpenVinoForward:
         self._key = weights_key(model)
         self._threads = threads or torch.get_num_threads()
         self._compiled: dict[tuple[int, ...], object] = {}
+        self._ir: dict[tuple[int, ...], object] = {}
 
     def _ir_path(self, shape: tuple[int, ...]) -> Path:
         return cache_dir() / "openvino" / f"{self._key}_{'x'.join(map(str, shape))}.xml"
@@ -86,7 +92,6 @@ class OpenVinoForward:
             # tracing first and converting the traced graph is ~2x quicker than converting the module
             traced = torch.jit.trace(self._model, example, check_trace=False)
             converted = ov.convert_model(traced)
-        converted.reshape([ov.Dimension(-1)] + [ov.Dimension(d) for d in example.shape[1:]])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.xml")
         ov.save_model(converted, tmp, compress_to_fp16=False)  # keep fp32 weights: results match PyTorch
@@ -96,20 +101,22 @@ class OpenVinoForward:
 
     def _compile(self, batch: torch.Tensor):
         shape = tuple(batch.shape[1:])
-        path = self._ir_path(shape)
-        if path.is_file() and path.with_suffix(".bin").is_file():
-            ir = self._core.read_model(path)
-        else:
-            LOG.info("converting the network for OpenVINO (once per model and input shape)")
-            ir = self._convert(batch[:1], path)
+        if shape not in self._ir:
+            path = self._ir_path(shape)
+            if not (path.is_file() and path.with_suffix(".bin").is_file()):
+                LOG.info("optimising the network for this CPU with OpenVINO (once per model; about a minute)")
+                self._convert(batch[:1], path)
+            self._ir[shape] = path
+        ir = self._core.read_model(self._ir[shape])
+        ir.reshape(list(batch.shape))
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self._threads,
                   "CACHE_DIR": str(cache_dir() / "openvino" / "compiled")}
         compiled = self._core.compile_model(ir, "CPU", config)
-        self._compiled[shape] = compiled
+        self._compiled[tuple(batch.shape)] = compiled
         return compiled
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        compiled = self._compiled.get(tuple(batch.shape[1:])) or self._compile(batch)
+        compiled = self._compiled.get(tuple(batch.shape)) or self._compile(batch)
         result = compiled(batch.detach().cpu().numpy())[0]  # OpenVINO needs its own copy of the input
         return torch.from_numpy(result)
 
