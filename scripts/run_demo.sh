@@ -2,6 +2,8 @@
 # The main job on a fresh machine: install into .venv, then segment the bundled hippocampus sample
 # with the bundled E2MISeg checkpoint, writing a Slicer segmentation and a PNG overlay preview.
 set -euo pipefail
+# The tests and tools read and print UTF-8 (µ, ², …) whatever the machine's locale is.
+export PYTHONUTF8=1
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup_env.sh"
 out="${1:-$here/out/demo}"

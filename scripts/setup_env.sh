@@ -2,6 +2,8 @@
 # Create (or reuse) the project's virtual environment in .venv and install the engine, the training
 # package and the test tools. Idempotent: a second run installs nothing new.
 set -euo pipefail
+# The tests and tools read and print UTF-8 (µ, ², …) whatever the machine's locale is.
+export PYTHONUTF8=1
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${E2MISEG_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"

@@ -258,7 +258,7 @@ def regionsPathFor(uncertaintyPath: str) -> str:
 def readRegions(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         return list(json.load(handle).get("regions", []))
 
 

@@ -268,6 +268,7 @@ def subprocessEnvironment(base: Optional[dict[str, str]] = None) -> dict[str, st
     paths = [engineSearchPath()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # the engine's messages contain non-ASCII (…, ²) whatever the locale
     return env
 
 

@@ -44,7 +44,7 @@ def _missing(requirementsPath: Path) -> list[str]:
     from packaging.requirements import Requirement
 
     missing = []
-    for line in requirementsPath.read_text().splitlines():
+    for line in requirementsPath.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith(("#", "-")):
             continue

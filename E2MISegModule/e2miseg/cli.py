@@ -244,6 +244,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry_point() -> None:
+    # A shell starts background jobs with Ctrl-C ignored and children inherit that; restore it so
+    # SIGINT always cancels a run cleanly (exit 130, nothing written), wherever we were started from.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
 
 

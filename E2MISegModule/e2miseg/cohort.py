@@ -74,7 +74,7 @@ def run_cohort(folder: Path, output: Path, args) -> int:
     label_names = [entry["name"] for entry in card["labels"]]
     fresh = not summary.exists()
     failures = 0
-    with open(summary, "a", newline="") as handle:
+    with open(summary, "a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         if fresh:
             writer.writerow(["case", "seconds", "status"] + [f"{n}_mm3" for n in label_names])

@@ -23,7 +23,7 @@ def convert_pickle_checkpoint(source: Path, card_path: Path | None, output: Path
     if not source.is_file():
         raise CheckpointError(f"{source} does not exist; check the path")
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{card_path.name} is not valid JSON; fix the model card") from None
     card = validate_card(card)

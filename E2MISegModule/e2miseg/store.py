@@ -46,7 +46,7 @@ def _read_index(folder: Path) -> dict[str, Any]:
     if not index.is_file():
         return {}
     try:
-        entries = json.loads(index.read_text())
+        entries = json.loads(index.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         entries = None
     # every entry must be {"sha256": ...}: a damaged index must not vouch for anything
@@ -57,7 +57,7 @@ def _read_index(folder: Path) -> dict[str, Any]:
 
 def _write_index(folder: Path, index: dict[str, Any]) -> None:
     tmp = folder / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, folder / INDEX_NAME)
 
 

@@ -89,10 +89,10 @@ def cmd_export(args) -> int:
     if args.compare:
         from .evaluate import comparison_table
 
-        comparison = comparison_table([json.loads(Path(p).read_text()) for p in args.compare])
+        comparison = comparison_table([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.compare])
     path = export_run(args.run, args.out, checkpoint=args.checkpoint, metrics=args.metrics, name=args.name,
                       version=args.version, half_precision=not args.fp32, record=args.record, comparison=comparison,
-                      notes=Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else args.notes)
+                      notes=Path(args.notes).read_text(encoding="utf-8") if args.notes and Path(args.notes).is_file() else args.notes)
     print(f"exported {path}")
     return 0
 

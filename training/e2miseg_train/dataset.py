@@ -52,7 +52,7 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
     path = Path(root) / "dataset.json"
     if not path.is_file():
         raise DatasetError(f"{root} has no dataset.json; point to an MSD-layout folder (imagesTr/, labelsTr/, dataset.json)")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def list_cases(root: str | Path) -> list[Case]:

@@ -149,7 +149,7 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
             rows.append({"case": case.name, "label": label["value"], "label_name": label["name"], **scores})
     seconds = time.time() - started
     fields = ["case", "label", "label_name", "dice", "hd95_mm", "pred_voxels", "ref_voxels"]
-    with open(out / "per_case.csv", "w", newline="") as f:
+    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
@@ -157,12 +157,12 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
     summary = summarise(rows, card["labels"])
     title = f"{card['name']} {card['version']} on {Path(dataset).name} ({cases}, {len(selected)} cases)"
     markdown = markdown_table(summary, title)
-    (out / "summary.md").write_text(markdown)
+    (out / "summary.md").write_text(markdown, encoding="utf-8")
     result = {"model": card["name"], "version": card["version"], "architecture": card["architecture"]["name"],
               "dataset": str(dataset), "cases": cases, "num_cases": len(selected), "case_names": [c.name for c in selected],
               "seconds": round(seconds, 1), "grid": "input grid (e2miseg.api.predict)", "tta": tta,
               "labels": summary}
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     box_plot(rows, card["labels"], out / "boxplot.png", title)
     result["markdown"] = markdown
     return result

@@ -26,8 +26,8 @@ def _run_state(run: Path) -> dict[str, Any]:
 
 def build_export_card(run: Path, card: dict[str, Any], metrics: dict[str, Any] | None, name: str | None,
                       version: str) -> dict[str, Any]:
-    plan = json.loads((run / "plan.json").read_text())
-    options = json.loads((run / "options.json").read_text()) if (run / "options.json").exists() else {}
+    plan = json.loads((run / "plan.json").read_text(encoding="utf-8"))
+    options = json.loads((run / "options.json").read_text(encoding="utf-8")) if (run / "options.json").exists() else {}
     state = _run_state(run)
     card = json.loads(json.dumps(card))
     card["name"] = name or card["name"]
@@ -94,9 +94,9 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metri
     tensors, card = read_checkpoint(run / f"{checkpoint}.safetensors")
     summary = None
     if metrics:
-        summary = json.loads(Path(metrics).read_text())
+        summary = json.loads(Path(metrics).read_text(encoding="utf-8"))
         summary_md = Path(metrics).with_name("summary.md")
-        summary["markdown"] = summary_md.read_text() if summary_md.exists() else ""
+        summary["markdown"] = summary_md.read_text(encoding="utf-8") if summary_md.exists() else ""
     card = build_export_card(run, card, summary, name, version)
     if notes:
         card.setdefault("provenance", {})["notes"] = notes.strip()
@@ -110,5 +110,5 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metri
         if (run / "curves.png").exists():
             curves = f"{stem}-curves.png"
             shutil.copyfile(run / "curves.png", out.with_name(curves))
-        out.with_name(f"{stem}.md").write_text(model_card_markdown(card, summary, curves, comparison, notes))
+        out.with_name(f"{stem}.md").write_text(model_card_markdown(card, summary, curves, comparison, notes), encoding="utf-8")
     return out

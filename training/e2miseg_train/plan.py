@@ -202,9 +202,9 @@ def data_licence(meta: dict[str, Any]) -> str:
 def write_plan(plan: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan, indent=2) + "\n")
+    path.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
     return path
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -219,8 +219,8 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
     say = (lambda msg: (log.info(msg), print(msg, flush=True))) if dist.main else (lambda msg: None)
     card = validate_card(plan["card"])  # defaults filled: the settings inference will use
     if dist.main:
-        (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-        (out / "options.json").write_text(json.dumps(asdict(options), indent=2) + "\n")
+        (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+        (out / "options.json").write_text(json.dumps(asdict(options), indent=2) + "\n", encoding="utf-8")
 
     cases = {c.name: c for c in list_cases(plan["dataset"])}
     train_names = [n for n in plan["split"]["train"] if n in cases]
@@ -374,7 +374,7 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         if not (out / "best.safetensors").exists():
             save_weights("best.safetensors", None)
         save_state()
-        (out / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n", encoding="utf-8")
         plot_curves(state["history"], labels, out / "curves.png", card["name"])
         say(f"stopped: {stop_reason}; {state['iteration']} iterations, {state['train_seconds'] / 60:.1f} min, "
             f"best mean validation Dice {state['best_score']:.4f}")

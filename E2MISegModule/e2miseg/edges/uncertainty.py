@@ -137,7 +137,7 @@ def write_uncertainty(uncertainty: sitk.Image, regions: list[dict[str, Any]], pa
     suffix = suffix_of(path)
     json_path = (path[: -len(suffix)] if suffix else path) + ".regions.json"
     with atomic_output(json_path) as tmp:
-        with open(tmp, "w") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:
             json.dump({"threshold": DEFAULT_THRESHOLD, "band_mm": DEFAULT_REGION_BAND_MM,
                        "coordinates": "LPS millimetres; box_ijk inclusive voxel indices", "regions": regions}, handle, indent=1)
     return json_path
