@@ -52,3 +52,15 @@ def oblique_image(size=(20, 18, 12), spacing=(0.7, 1.3, 2.9), origin=(-12.5, 40.
     tilt = np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
     image.SetDirection(tuple((rotation @ tilt).ravel()))
     return image
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the machine is shared, and more threads than free cores
+    makes small nets tens of times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

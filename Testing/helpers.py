@@ -56,3 +56,22 @@ def make_e2miseg_checkpoint(path: Path, patch=(16, 16, 16), seed: int = 0, **car
     card = make_card("3d", "e2miseg", config, patch, **card_overrides)
     save_checkpoint(path, model.state_dict(), card)
     return path
+
+
+def pointwise_net(hidden: int = 8):
+    """A fully convolutional 3D net with a 1-voxel receptive field: tiling cannot change its output."""
+    import torch
+
+    class PointwiseNet(torch.nn.Module):
+        kind = "3d"
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Conv3d(1, hidden, 1), torch.nn.Tanh(), torch.nn.Conv3d(hidden, 3, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+    return PointwiseNet()

@@ -18,7 +18,7 @@ from e2miseg.errors import Cancelled, ResourceError
 from e2miseg.fallback import MemoryFallbackWarning, is_out_of_memory
 from e2miseg.inference import InferenceOptions, Predictor
 from e2miseg.progress import Reporter
-from helpers import make_card
+from helpers import make_card, pointwise_net
 
 
 @pytest.fixture(autouse=True)
@@ -26,19 +26,6 @@ def torch_runtime(monkeypatch):
     # these tests drive PyTorch modules directly (injected failures, pointwise nets); an OpenVINO
     # conversion per example would only add minutes
     monkeypatch.setenv("E2MISEG_RUNTIME", "torch")
-
-
-class Pointwise(torch.nn.Module):
-    kind = "3d"
-    num_classes = 3
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.Tanh(), torch.nn.Conv3d(4, 3, 1))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 class OomWrapper(torch.nn.Module):
@@ -51,7 +38,7 @@ class OomWrapper(torch.nn.Module):
     def __init__(self, fail_calls: int = 0, max_batch: int = 1 << 30, fail_device: str | None = None,
                  error: type[BaseException] = torch.OutOfMemoryError):
         super().__init__()
-        self.inner = Pointwise()
+        self.inner = pointwise_net(hidden=4)
         self.fail_calls, self.max_batch, self.fail_device, self.error = fail_calls, max_batch, fail_device, error
         self.seen: list[tuple[int, str]] = []
 
@@ -73,7 +60,7 @@ def card(batch_size: int = 4) -> dict:
 
 
 def reference() -> np.ndarray:
-    return Predictor(Pointwise(), card(), InferenceOptions(device="cpu")).predict(VOLUME)
+    return Predictor(pointwise_net(hidden=4), card(), InferenceOptions(device="cpu")).predict(VOLUME)
 
 
 def run(model, batch_size=4, setup=None):
@@ -119,7 +106,7 @@ def test_full_ladder_ends_on_the_cpu():
 
 def test_gpu_stitching_gives_the_same_probabilities():
     # stitching in device memory is the CUDA default; on the CPU it exercises the same code path
-    _, on_device, messages, _ = run(Pointwise(), setup=lambda p: setattr(p, "stitch_on_device", True))
+    _, on_device, messages, _ = run(pointwise_net(hidden=4), setup=lambda p: setattr(p, "stitch_on_device", True))
     assert messages == []
     np.testing.assert_allclose(on_device, reference(), atol=1e-6)
 

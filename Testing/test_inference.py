@@ -11,27 +11,11 @@ from e2miseg.card import validate_card
 from e2miseg.errors import Cancelled
 from e2miseg.inference import InferenceOptions, Predictor, mirror_combinations, resolve_device
 from e2miseg.progress import Reporter
-from helpers import make_card
-
-
-class PointwiseNet(torch.nn.Module):
-    """A fully convolutional net with a 1-voxel receptive field: tiling cannot change its output."""
-
-    kind = "3d"
-    num_classes = 3
-
-    def __init__(self, dims: int = 3):
-        super().__init__()
-        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(conv(1, 8, 1), torch.nn.Tanh(), conv(8, 3, 1))
-
-    def forward(self, x):
-        return self.net(x)
+from helpers import make_card, pointwise_net
 
 
 def test_tiled_prediction_equals_whole_volume():
-    net = PointwiseNet()
+    net = pointwise_net()
     volume = np.random.default_rng(1).normal(size=(1, 23, 37, 30)).astype(np.float32)
     card = validate_card(make_card(patch=(8, 16, 16), step=0.5, batch_size=3))
     tiled = Predictor(net, card, InferenceOptions(device="cpu")).predict(volume)
@@ -43,7 +27,7 @@ def test_tiled_prediction_equals_whole_volume():
 
 
 def test_volume_smaller_than_patch_is_padded_and_cropped_back():
-    net = PointwiseNet()
+    net = pointwise_net()
     volume = np.random.default_rng(2).normal(size=(1, 5, 9, 7)).astype(np.float32)
     card = validate_card(make_card(patch=(8, 16, 16)))
     probs = Predictor(net, card, InferenceOptions(device="cpu")).predict(volume)
@@ -90,7 +74,7 @@ def test_slice_wise_order_and_axis(kind, slices, axis):
 
 
 def test_mirror_tta_of_a_symmetric_net_changes_nothing():
-    net = PointwiseNet()
+    net = pointwise_net()
     volume = np.random.default_rng(4).normal(size=(1, 8, 16, 16)).astype(np.float32)
     card = validate_card(make_card(patch=(8, 16, 16)))
     plain = Predictor(net, card, InferenceOptions(device="cpu")).predict(volume)
@@ -100,7 +84,7 @@ def test_mirror_tta_of_a_symmetric_net_changes_nothing():
 
 
 def test_cancel_stops_between_tiles_and_progress_counts_tiles():
-    net = PointwiseNet()
+    net = pointwise_net()
     volume = np.zeros((1, 32, 32, 32), dtype=np.float32)
     card = validate_card(make_card(patch=(8, 8, 8), batch_size=1))
     events, cancel = [], threading.Event()

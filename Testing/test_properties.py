@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from e2miseg.card import validate_card
 from e2miseg.inference import InferenceOptions, Predictor
 from e2miseg.tiling import gaussian_weights, pad_to_at_least, window_grid, window_starts
-from helpers import make_card
+from helpers import make_card, pointwise_net
 
 SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -141,20 +141,7 @@ def test_gaussian_weights_are_positive_and_peak_at_one(patch, sigma):
     assert weights.max() == pytest.approx(1.0)
 
 
-class Pointwise(torch.nn.Module):
-    kind = "3d"
-    num_classes = 3
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.Tanh(), torch.nn.Conv3d(4, 3, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-NET = Pointwise()
+NET = pointwise_net(hidden=4)
 
 
 @settings(max_examples=30, deadline=None)
