@@ -10,6 +10,7 @@ only turns segments and volumes into arrays on the source volume's grid and back
 >>> volume, regions = logic.showUncertainty(segmentationNode, volumeNode)
 >>> ras = logic.nextUncertainEdge()              # centre of the next region to review (RAS mm)
 >>> jumpSlicesToRas(volumeNode.GetScene(), ras)  # widget: move the slice views there
+>>> logic.showOverlay(volume)                    # foreground layer of every slice view; hideOverlay(volume)
 """
 from __future__ import annotations
 
@@ -26,10 +27,50 @@ from e2miseg.edges import EdgeOptions, box_mask_ijk, refine_label_array, refine_
 from e2miseg.edges.defaults import DEFAULT_STRENGTH
 from e2miseg.errors import E2MISegError
 
-from .SegmentationImport import LPS_TO_RAS, exportSegmentsToArray, ijkToRas, maskToOrientedImage, segmentIdsOf, volumeNodeToImage
+from .SegmentationImport import (LABEL_TAG, LPS_TO_RAS, exportSegmentsToArray, ijkToRas, maskToOrientedImage, segmentIdsOf,
+                                 segmentTag, volumeNodeToImage)
 
 UNCERTAINTY_COLOR_NAME = "E2MISeg uncertainty"
 UNCERTAINTY_DISPLAY_THRESHOLD = 0.05  # below this the overlay is transparent: certain voxels hide nothing
+UNCERTAINTY_OPACITY = 0.6  # foreground opacity: the image stays readable under the overlay
+
+
+def segmentsToRefine(segmentationNode, selectedIds: Sequence[str]) -> list[str]:
+    """The segments "Refine edges" acts on: the selected ones in the segmentation's order; all when none is selected."""
+    allIds = segmentIdsOf(segmentationNode)
+    if not allIds:
+        raise E2MISegError(f"'{segmentationNode.GetName()}' has no segments; segment something first")
+    selected = [str(s) for s in selectedIds]
+    if not selected:
+        return allIds
+    chosen = [s for s in allIds if s in selected]
+    if not chosen:  # a stale selection must not silently widen to every segment
+        raise E2MISegError(f"the selected segments are no longer in '{segmentationNode.GetName()}'; select segments again")
+    return chosen
+
+
+def sourceVolumeFor(segmentationNode, fallbackVolume=None):
+    """The image to refine against: the volume the segmentation was made on (its reference geometry),
+    else ``fallbackVolume`` (the module's input volume)."""
+    reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+    for volume in (reference, fallbackVolume):
+        if (volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
+                and volume.GetImageData() is not None and volume.GetScene() is segmentationNode.GetScene()):
+            return volume
+    raise E2MISegError(f"no image volume to refine '{segmentationNode.GetName()}' against; "
+                       f"select the input volume it was made on")
+
+
+def regionSegmentNames(segmentationNode, region: dict[str, Any]) -> list[str]:
+    """Names of the two segments a region hesitates between ("" for background or an unknown label)."""
+    segmentation = segmentationNode.GetSegmentation()
+    if "segments" in region:  # computed from the segments: IDs
+        segments = [segmentation.GetSegment(s) if s else None for s in region["segments"]]
+    else:  # from the engine's map: label values of the model card, found through the segments' tags
+        byValue = {segmentTag(segmentation.GetSegment(s), LABEL_TAG): segmentation.GetSegment(s)
+                   for s in segmentIdsOf(segmentationNode)}
+        segments = [byValue.get(str(v)) for v in region.get("labels", [])]
+    return [segment.GetName() if segment is not None else "" for segment in segments]
 
 
 def jumpSlicesToRas(scene, ras: Sequence[float]) -> None:
@@ -58,6 +99,7 @@ class EdgeRefineLogic:
         self.regions: list[dict[str, Any]] = []
         self.regionIndex = -1
         self._undoStack: list[tuple[Any, dict[str, Any]]] = []
+        self._replacedForeground: dict[str, tuple[Optional[str], float]] = {}  # slice composite node ID -> before
 
     def _logicFor(self, scene):
         if self.segmentationsLogic is None:
@@ -127,11 +169,16 @@ class EdgeRefineLogic:
             self._undoStack.append((segmentationNode, {"matrix": matrix, "masks": before}))
         return changed
 
+    def canUndoRefinement(self) -> bool:
+        return any(node.GetScene() is not None for node, _ in self._undoStack)
+
     def undoLastRefinement(self) -> bool:
         """Put the segments of the last ``refineSegments`` call back; False if there is nothing to undo."""
         if not self._undoStack:
             return False
         segmentationNode, state = self._undoStack.pop()
+        if segmentationNode.GetScene() is None:  # removed from the scene (or the scene closed) since
+            return self.undoLastRefinement()
         for segmentId, mask in state["masks"].items():
             if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
                 continue  # the user deleted it since
@@ -218,6 +265,32 @@ class EdgeRefineLogic:
         displayNode.SetApplyThreshold(True)
         return volumeNode
 
+    def showOverlay(self, volumeNode, opacity: float = UNCERTAINTY_OPACITY) -> int:
+        """Make ``volumeNode`` the foreground layer of every slice view; return how many views show it.
+
+        What each view showed before is remembered and put back by ``hideOverlay``.
+        """
+        views = 0
+        for composite in _sliceCompositeNodes(volumeNode.GetScene()):
+            if composite.GetForegroundVolumeID() != volumeNode.GetID():
+                self._replacedForeground[composite.GetID()] = (composite.GetForegroundVolumeID(),
+                                                               composite.GetForegroundOpacity())
+            composite.SetForegroundVolumeID(volumeNode.GetID())
+            composite.SetForegroundOpacity(opacity)
+            views += 1
+        return views
+
+    def hideOverlay(self, volumeNode) -> None:
+        """Take ``volumeNode`` out of the slice views' foreground and put back what was there before."""
+        scene = volumeNode.GetScene()
+        for composite in _sliceCompositeNodes(scene):
+            replaced = self._replacedForeground.pop(composite.GetID(), (None, 0.0))
+            if composite.GetForegroundVolumeID() != volumeNode.GetID():
+                continue  # the user chose another foreground meanwhile: keep theirs
+            previous = replaced[0] if replaced[0] and scene.GetNodeByID(replaced[0]) is not None else None
+            composite.SetForegroundVolumeID(previous)
+            composite.SetForegroundOpacity(replaced[1] if previous else 0.0)
+
     # ------------------------------------------------------------------ review
 
     def setRegions(self, regions: list[dict[str, Any]]) -> None:
@@ -240,6 +313,13 @@ class EdgeRefineLogic:
 
     def currentRegion(self) -> Optional[dict[str, Any]]:
         return self.regions[self.regionIndex] if self.regions and self.regionIndex >= 0 else None
+
+
+def _sliceCompositeNodes(scene) -> list:
+    if scene is None:
+        return []
+    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
 
 
 def regionCentreRas(region: dict[str, Any]) -> tuple[float, float, float]:

@@ -5,6 +5,8 @@
 >>> task = logic.process(volumeNode, model="e2miseg-hippocampus", waitForCompletion=False)
 >>> while not task.poll(): ...                      # the widget polls from a qt.QTimer
 >>> task.segmentationNode, task.error
+>>> logic.process(volumeNode, model="e2miseg-hippocampus", uncertainty=True)  # + the network's uncertainty map
+>>> logic.edgeLogic.regions                        # its ranked uncertain edges (EdgeRefineLogic)
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .SegmentationImport import importLabelImage, placeBesideInput, volumeNodeTo
 QUALITY_OPTIONS = {"fast": {"fast": True}, "normal": {}, "normal+tta": {"tta": True}}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ProgressCallback = Callable[[dict], None]
+UNCERTAINTY_FILE = "uncertainty.nrrd"
 
 
 class SegmentationTask:
@@ -39,7 +42,7 @@ class SegmentationTask:
     """
 
     def __init__(self, logic: "E2MISegLogic", runner, card: dict, inputVolume, outputSegmentation,
-                 progressCallback: Optional[ProgressCallback], tempDir: Optional[str]):
+                 progressCallback: Optional[ProgressCallback], tempDir: Optional[str], uncertaintyVolume=None):
         self.logic = logic
         self.runner = runner
         self.card = card
@@ -48,6 +51,9 @@ class SegmentationTask:
         self.progressCallback = progressCallback
         self.tempDir = tempDir
         self.segmentationNode = None
+        # with process(uncertainty=True): the node the engine's map goes into (reused when given)
+        self.uncertaintyVolume = uncertaintyVolume
+        self.uncertaintyRequested = False
         self.error: Optional[BaseException] = None
         self.finished = False
         self.startTime = time.perf_counter()
@@ -72,10 +78,13 @@ class SegmentationTask:
         try:
             if self.error is None:
                 result = self.runner.result()
+                result, probabilities = result if isinstance(result, tuple) else (result, None)
                 labelImage = result if isinstance(result, sitk.Image) else sitk.ReadImage(str(result))
                 self._report(progressEvent("import", 0, 1))
                 self.segmentationNode = self.logic._importResult(labelImage, self.card, self.inputVolume,
                                                                  self.outputSegmentation)
+                if self.uncertaintyRequested:
+                    self.uncertaintyVolume = self.logic._loadRunUncertainty(self, labelImage, probabilities)
                 self._report(progressEvent("import", 1, 1))
                 self.logic.log(f"Segmented '{self.inputVolume.GetName()}' with {self.card['name']} "
                                f"in {time.perf_counter() - self.startTime:.1f} s")
@@ -122,6 +131,16 @@ class E2MISegLogic:
         self._cards: dict[tuple[str, int], tuple[Path, dict]] = {}
         self._loadedModel: Optional[tuple[tuple[str, str], Any]] = None
         self._lastRun: Optional[tuple[Any, bool, Any]] = None
+        self._edgeLogic = None
+
+    @property
+    def edgeLogic(self):
+        """Edge refinement, the uncertainty overlay and "next uncertain edge" (``EdgeRefineLogic``) for this scene."""
+        if self._edgeLogic is None:
+            from .EdgeRefineLogic import EdgeRefineLogic  # needs scipy: only once the engine's packages are there
+
+            self._edgeLogic = EdgeRefineLogic(self.segmentationsLogic)
+        return self._edgeLogic
 
     def log(self, message: str) -> None:
         if self.logCallback is not None:
@@ -188,7 +207,8 @@ class E2MISegLogic:
     def process(self, inputVolumes, model: Union[str, os.PathLike], outputSegmentation=None, device: str = "auto",
                 quality: str = "normal", refineEdges: bool = True, progressCallback: Optional[ProgressCallback] = None,
                 waitForCompletion: bool = True, inProcess: bool = False, keepLargest: bool = False,
-                minIslandMm3: float = 0.0, edgeStrength: Optional[float] = None):
+                minIslandMm3: float = 0.0, edgeStrength: Optional[float] = None, uncertainty: bool = False,
+                uncertaintyVolume=None):
         """Segment ``inputVolumes`` with ``model``; return the segmentation node.
 
         :param inputVolumes: a scalar volume node, or one per model channel (all on one grid).
@@ -200,6 +220,9 @@ class E2MISegLogic:
         :param quality: fast (coarser sliding-window step), normal, or normal+tta (mirror test-time augmentation).
         :param refineEdges: refine segment edges against the image when the installed engine supports it
             (else logged and skipped); ``edgeStrength`` 0..1 (None: the engine's default).
+        :param uncertainty: also import the boundary uncertainty of the network's probabilities into a
+            volume node (``uncertaintyVolume`` when given, else a new one; ``task.uncertaintyVolume``) with
+            its own colour table, and its ranked regions into ``self.edgeLogic`` ("next uncertain edge").
         :param progressCallback: called on the calling thread with dicts
             {stage, done, total, eta_s, message, fraction}.
         :param waitForCompletion: False returns a ``SegmentationTask`` at once; call its ``poll()``
@@ -223,21 +246,27 @@ class E2MISegLogic:
                 options["edge_strength"] = float(edgeStrength)
         elif refineEdges:
             self.log("Edge refinement is not available in this engine version; segmenting without it.")
+        if uncertainty and self.engineAccepts("return_probabilities", "--uncertainty", inProcess):
+            options["return_probabilities"] = True
+        elif uncertainty:
+            self.log("This engine version cannot write an uncertainty map; segmenting without it.")
         self.log(f"Segmenting '{volumes[0].GetName()}' with {card['name']} {card['version']} "
                  f"(device {device}, quality {quality}, {'in-process' if inProcess else 'subprocess'})")
-        tempDir = None
-        if inProcess:
-            runner = InProcessRunner([volumeNodeToImage(v) for v in volumes], self._modelLoader(modelPath, device),
-                                     {"device": None, **options})
-        else:
-            tempDir = tempfile.mkdtemp(prefix="e2miseg-")
-            try:
+        # files: the engine's input and output (subprocess) and the uncertainty map (both ways)
+        tempDir = tempfile.mkdtemp(prefix="e2miseg-") if not inProcess or options.get("return_probabilities") else None
+        try:
+            if inProcess:
+                runner = InProcessRunner([volumeNodeToImage(v) for v in volumes], self._modelLoader(modelPath, device),
+                                         {"device": None, **options})
+            else:
                 runner = SubprocessRunner(self._command(volumes, modelPath, device, options, Path(tempDir)),
                                           subprocessEnvironment(), self.log)
-            except BaseException:
-                shutil.rmtree(tempDir, ignore_errors=True)
-                raise
-        task = SegmentationTask(self, runner, card, volumes[0], outputSegmentation, progressCallback, tempDir)
+        except BaseException:
+            shutil.rmtree(tempDir or "", ignore_errors=True)
+            raise
+        task = SegmentationTask(self, runner, card, volumes[0], outputSegmentation, progressCallback, tempDir,
+                                uncertaintyVolume)
+        task.uncertaintyRequested = bool(options.get("return_probabilities"))
         self.activeTask = task
         try:
             runner.start()
@@ -302,6 +331,8 @@ class E2MISegLogic:
             command.append("--refine-edges")
             if "edge_strength" in options:
                 command += ["--edge-strength", str(options["edge_strength"])]
+        if options.get("return_probabilities"):
+            command += ["--uncertainty", str(tempDir / UNCERTAINTY_FILE)]
         return command
 
     def _modelLoader(self, modelPath: Path, device: str) -> Callable[[], Any]:
@@ -351,6 +382,25 @@ class E2MISegLogic:
             self._restore(node, created, backup)
             raise
         self._lastRun = (node, created, backup)
+        return node
+
+    def _loadRunUncertainty(self, task: SegmentationTask, labelImage: sitk.Image, probabilities):
+        """The run's uncertainty map (written by the engine, or from the in-process probabilities) as a volume node.
+
+        A map that cannot be loaded is logged, not raised: the segments are already in the scene.
+        """
+        path = Path(task.tempDir) / UNCERTAINTY_FILE
+        try:
+            if probabilities is not None:
+                from e2miseg.edges.uncertainty import write_prediction_uncertainty
+
+                write_prediction_uncertainty(probabilities, labelImage, path)
+            node, regions = self.edgeLogic.loadUncertainty(self.scene, str(path), task.uncertaintyVolume)
+        except Exception as exc:
+            self.log(f"The uncertainty map could not be loaded ({exc}); the segmentation is complete without it.")
+            return task.uncertaintyVolume
+        node.SetName(f"{task.segmentationNode.GetName()} uncertainty")
+        self.log(f"Uncertainty map: {len(regions)} uncertain edge region(s) to review")
         return node
 
     def _restore(self, node, created: bool, backup) -> None:
