@@ -14,6 +14,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from E2MISegModuleLib.EdgeWidget import EdgeWidget
 from E2MISegModuleLib.Logic import E2MISegLogic
 
 
@@ -67,6 +68,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = E2MISegModuleLogic()
         self.logic.logCallback = self.appendLog
+        self.edges = EdgeWidget(self.ui, self.logic, self.resourcePath("requirements.txt"))  # the Edges section
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.timeout.connect(self.onPoll)
@@ -79,14 +81,11 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.populateModels()
-        if not self.logic.engineSupportsEdgeRefinement():  # engines before edge refinement (issue 6)
-            for widget in (self.ui.refineEdgesLabel, self.ui.refineEdgesCheckBox, self.ui.edgeStrengthLabel,
-                           self.ui.edgeStrengthSpinBox):
-                widget.hide()
 
     def cleanup(self):
         self.cancelRun()
         self.removeObservers()
+        self.edges.cleanup()
 
     def enter(self):
         self.initializeParameterNode()
@@ -199,7 +198,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Run the model on the input volume.") if ready else _("Select an input volume and a model first.")
         for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton, self.ui.outputsCollapsibleButton):
             widget.enabled = not running
-        self.ui.edgeStrengthSpinBox.enabled = bool(self._parameterNode and self._parameterNode.refineEdges)
+        self.edges.updateGUI(self._parameterNode, running)
 
     def inputVolumes(self):
         card = self.currentCard()
@@ -225,7 +224,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.inputVolumes(), model=params.model, outputSegmentation=params.outputSegmentation,
                 device=params.device.value, quality=params.quality.value, refineEdges=params.refineEdges,
                 edgeStrength=params.edgeStrength, keepLargest=params.keepLargest, minIslandMm3=params.minIslandMm3,
-                progressCallback=self.onProgress, waitForCompletion=False)
+                progressCallback=self.onProgress, waitForCompletion=False, **self.edges.runOptions())
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.statusLabel.text = _("Starting...")
@@ -256,6 +255,7 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.statusLabel.text = _("Done. Correct the result in Segment Editor if needed.")
         self._parameterNode.outputSegmentation = task.segmentationNode
+        self.edges.onSegmentationDone(task)
         self.onShow3D(self.ui.show3DButton.checked)
 
     def cancelRun(self):

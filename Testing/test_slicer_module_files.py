@@ -18,7 +18,8 @@ from conftest import ROOT
 
 MODULE_DIR = ROOT / "E2MISegModule"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "E2MISegModule.ui"
-WIDGET_SOURCES = [MODULE_DIR / "E2MISegModule.py"]
+# every file that reaches into the .ui's widgets (self.ui.name, or ui.name where the ui is passed in)
+WIDGET_SOURCES = [MODULE_DIR / "E2MISegModule.py", MODULE_DIR / "E2MISegModuleLib" / "EdgeWidget.py"]
 
 
 def ui_tree() -> ElementTree.ElementTree:
@@ -30,7 +31,7 @@ def ui_widgets() -> dict[str, str]:
 
 
 def used_ui_names(source: str) -> set[str]:
-    names = set(re.findall(r"self\.ui\.(\w+)", source))
+    names = set(re.findall(r"\bui\.(\w+)", source))
     # getattr(self.ui, f"extraVolume{number}Label") for number in (1, 2, 3)
     for prefix, suffix in re.findall(r'getattr\(self\.ui, f"(\w*)\{number\}(\w*)"\)', source):
         names |= {f"{prefix}{n}{suffix}" for n in (1, 2, 3)}
@@ -50,6 +51,32 @@ def test_ui_parses_and_every_widget_the_code_uses_exists():
         missing = used_ui_names(path.read_text()) - set(widgets)
         assert not missing, f"{path.name} uses widgets the .ui does not define: {sorted(missing)}"
     assert len(used_ui_names(WIDGET_SOURCES[0].read_text())) >= 15  # the regex really finds the uses
+    edges = used_ui_names(WIDGET_SOURCES[1].read_text())
+    assert {"refineEdgesButton", "undoRefinementButton", "showUncertaintyCheckBox", "nextUncertainEdgeButton",
+            "edgeSegmentsTableView", "edgeStatusLabel"} <= edges
+
+
+def test_a_widget_missing_from_the_ui_is_caught():
+    widgets = set(ui_widgets())
+    source = WIDGET_SOURCES[1].read_text().replace("ui.nextUncertainEdgeButton", "ui.nextUncertainEdgeButtn", 1)
+    assert used_ui_names(source) - widgets == {"nextUncertainEdgeButtn"}
+    assert used_ui_names("def f(ui):\n    ui.noSuchWidget.clicked.connect(f)\n") - widgets == {"noSuchWidget"}
+
+
+def test_edges_section_controls():
+    widgets = ui_widgets()
+    assert widgets["edgesCollapsibleButton"] == "ctkCollapsibleButton"
+    assert widgets["edgeSegmentsTableView"] == "qMRMLSegmentsTableView"
+    root = ui_tree().getroot()
+    roi = next(w for w in root.iter("widget") if w.get("name") == "edgeRoiSelector")
+    assert [s.text for s in roi.find("property[@name='nodeTypes']").iter("string")] == ["vtkMRMLMarkupsROINode"]
+    table = next(w for w in root.iter("widget") if w.get("name") == "edgeSegmentsTableView")
+    assert table.find("property[@name='selectionMode']/number").text == "3"  # ExtendedSelection: several segments
+    texts = {w.get("name"): w.find("property[@name='text']/string").text for w in root.iter("widget")
+             if w.find("property[@name='text']/string") is not None}
+    assert texts["edgesCollapsibleButton"] == "Edges" and texts["refineEdgesButton"] == "Refine edges"
+    assert texts["showUncertaintyCheckBox"] == "Show boundary uncertainty"
+    assert texts["nextUncertainEdgeButton"] == "Next uncertain edge"
 
 
 def test_every_parameter_is_bound_to_a_widget_of_a_fitting_type():
@@ -62,6 +89,7 @@ def test_every_parameter_is_bound_to_a_widget_of_a_fitting_type():
     assert set(bound) <= set(fields), f"unknown parameters in the .ui: {set(bound) - set(fields)}"
     assert set(fields) - set(bound) == {"model"}  # the model combo is filled from the store by the widget
     fitting = {"vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox", "vtkMRMLSegmentationNode": "qMRMLNodeComboBox",
+               "vtkMRMLMarkupsROINode": "qMRMLNodeComboBox",
                "bool": "QCheckBox", "Device": "QComboBox", "Quality": "QComboBox"}
     for name, widget_class in bound.items():
         annotation = fields[name]
@@ -71,7 +99,7 @@ def test_every_parameter_is_bound_to_a_widget_of_a_fitting_type():
 
 def test_node_selectors_receive_the_scene_and_custom_widgets_are_declared():
     root = ui_tree().getroot()
-    combos = {n for n, c in ui_widgets().items() if c == "qMRMLNodeComboBox"}
+    combos = {n for n, c in ui_widgets().items() if c.startswith("qMRML") and n != "E2MISegModule"}
     connected = {c.find("receiver").text for c in root.iter("connection")
                  if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}

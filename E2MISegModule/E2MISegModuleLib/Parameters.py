@@ -8,7 +8,8 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from e2miseg.edges.defaults import DEFAULT_STRENGTH
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
@@ -42,6 +43,7 @@ class E2MISegParameterNode:
     model - model store name.
     device, quality, refineEdges, edgeStrength, keepLargest, minIslandMm3 - run settings.
     outputSegmentation - the segmentation to update; none creates a new one.
+    edgeRoi, refineStrength - "Refine edges" of the Edges section: only inside this ROI (none: everywhere), how strongly.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -52,10 +54,12 @@ class E2MISegParameterNode:
     device: Device = Device.auto
     quality: Quality = Quality.normal
     refineEdges: bool = True
-    edgeStrength: Annotated[float, WithinRange(0.0, 1.0)] = 0.3  # the engine's default (e2miseg.edges.defaults)
+    edgeStrength: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_STRENGTH
     keepLargest: bool = False
     minIslandMm3: Annotated[float, WithinRange(0.0, 1.0e6)] = 0.0
     outputSegmentation: vtkMRMLSegmentationNode
+    edgeRoi: vtkMRMLMarkupsROINode
+    refineStrength: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_STRENGTH
 
 
 def progressText(event: dict) -> str:
