@@ -1,0 +1,108 @@
+"""What every speed benchmark shares: the machine description, a busy-machine check, result files.
+
+Speed numbers are only worth keeping with the machine they came from and a note of whether anything
+else was running, so each result file records the CPU, core count, library versions, date, the load
+average before and after, and any training process seen on the machine.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED = ROOT.parent / "shared" / "data"
+if str(ROOT / "E2MISegModule") not in sys.path:
+    sys.path.insert(0, str(ROOT / "E2MISegModule"))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        imported = __import__(module)
+    except ImportError:
+        return None
+    return getattr(imported, "__version__", None) or getattr(getattr(imported, "version", None), "__version__", None)
+
+
+def busy_processes() -> list[str]:
+    """Other heavy jobs (training runs) that would make timings meaningless."""
+    try:
+        out = subprocess.run(["pgrep", "-af", "e2miseg-train fit"], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    own = str(os.getpid())
+    return [line[:120] for line in out.splitlines() if line and line.split()[0] != own and "pgrep" not in line]
+
+
+def machine(threads: int) -> dict[str, Any]:
+    import torch
+
+    flags = ""
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "threads": threads,
+        "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma") if f" {f}" in flags],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "openvino": _version("openvino"),
+        "monai": _version("monai"),
+        "simpleitk": _version("SimpleITK"),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "busy_processes_start": busy_processes(),
+    }
+
+
+def finish_machine(info: dict[str, Any]) -> dict[str, Any]:
+    """Record the load at the end and whether the machine was quiet throughout."""
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["busy_processes_end"] = busy_processes()
+    cores = info.get("logical_cores") or 1
+    # the benchmark itself keeps up to `threads` cores busy; anything well above that is someone else
+    limit = info["threads"] + 0.5 * cores
+    info["quiet"] = not info["busy_processes_start"] and not info["busy_processes_end"] and \
+        info["load_average_start"][0] <= limit and info["load_average_end"][1] <= limit
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {info[k]}" for k in ("torch", "openvino", "monai", "simpleitk") if info.get(k))
+    state = "quiet machine" if info.get("quiet") else \
+        f"LOADED machine (load {info['load_average_start'][0]} -> {info.get('load_average_end', ['?'])[0]}, " \
+        f"{len(info['busy_processes_start'])} training jobs): timings not representative"
+    return (f"{info['cpu']}, {info['logical_cores']} logical cores, {info['threads']} threads; {versions}; "
+            f"Python {info['python']}; {info['date_utc']}; {state}")
+
+
+def write_results(name: str, payload: dict[str, Any], table: list[str], notes: list[str] | None = None,
+                  folder: Path = RESULTS) -> tuple[Path, Path]:
+    """``<name>.json`` (everything) and ``<name>.md`` (machine line, table, notes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    lines = [f"# {name}", "", f"Machine: {machine_line(payload['machine'])}", "", *table]
+    if notes:
+        lines += ["", *notes]
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return json_path, md_path
