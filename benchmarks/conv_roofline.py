@@ -1,0 +1,202 @@
+"""The network's achieved GFLOP/s during inference against the best single convolution torch reaches here.
+
+1. Roof: a sweep of single 3D and 2D convolutions (3x3(x3), shapes and channel counts like the
+   networks' stages, contiguous and channels-last) timed with eager PyTorch under
+   ``torch.inference_mode``; the best GFLOP/s is the machine's practical convolution limit for torch.
+2. Networks: ``e2miseg.predict`` on real volumes with the engine's own runtime (OpenVINO on the CPU,
+   the default) and with eager PyTorch; every network call is timed from outside the engine, and its
+   FLOPs are counted once per batch shape with ``torch.utils.flop_counter.FlopCounterMode``
+   (convolutions, matrix products, attention; 2 FLOPs per multiply-add, the convention of the sweep).
+   Achieved = FLOPs of all calls / time inside the calls (stitching and resampling excluded).
+
+    .venv/bin/python benchmarks/conv_roofline.py [--threads 2] [--only e2miseg,ehanet,s2anet]
+
+Writes benchmarks/results/conv_roofline.{json,md}. Target (issue 7): >= 60 % of the roof.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, finish_machine, machine, write_results  # noqa: E402
+
+TARGET_SHARE = 0.60
+# (batch, in, out, spatial): the E2MISeg hippocampus stages (patch 32x48x32, stem 2) and CT-sized windows
+CONV3D_SHAPES = [
+    (2, 16, 16, (32, 48, 32)), (2, 16, 16, (16, 24, 16)), (2, 32, 32, (8, 12, 8)), (2, 32, 32, (16, 24, 16)),
+    (1, 32, 32, (32, 32, 32)), (1, 64, 64, (16, 16, 16)), (1, 64, 64, (32, 32, 32)), (1, 128, 128, (16, 16, 16)),
+    (2, 64, 64, (8, 12, 8)), (1, 128, 128, (8, 8, 8)),
+]
+# EHANet / S2aNet-like 2D stages (8 slices per pass as the engine batches them)
+CONV2D_SHAPES = [
+    (8, 32, 32, (128, 128)), (8, 64, 64, (64, 64)), (8, 64, 64, (128, 128)), (8, 128, 128, (32, 32)),
+    (8, 128, 128, (64, 64)), (8, 256, 256, (16, 16)), (8, 256, 256, (32, 32)),
+]
+
+
+def time_call(fn, min_seconds: float, min_repeats: int = 3) -> float:
+    """Median seconds per call after two warm-up calls, repeating for at least ``min_seconds``."""
+    fn()
+    fn()
+    times = []
+    started = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def conv_sweep(min_seconds: float) -> list[dict]:
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for dims, shapes in ((3, CONV3D_SHAPES), (2, CONV2D_SHAPES)):
+            conv_cls = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+            for batch, cin, cout, spatial in shapes:
+                conv = conv_cls(cin, cout, 3, padding=1, bias=True).eval()
+                x = torch.randn(batch, cin, *spatial)
+                flops = 2 * batch * cout * cin * 3 ** dims * int(torch.tensor(spatial).prod())
+                formats = [("contiguous", torch.contiguous_format),
+                           ("channels_last", torch.channels_last_3d if dims == 3 else torch.channels_last)]
+                for fmt_name, fmt in formats:
+                    layer = conv.to(memory_format=fmt)
+                    inp = x.contiguous(memory_format=fmt)
+                    seconds = time_call(lambda: layer(inp), min_seconds)
+                    rows.append({"dims": dims, "batch": batch, "in": cin, "out": cout, "spatial": list(spatial),
+                                 "memory_format": fmt_name, "seconds": seconds, "gflops": flops / 1e9,
+                                 "gflop_per_s": flops / seconds / 1e9})
+                print(f"conv{dims}d {batch}x{cin}->{cout} {spatial}: "
+                      + ", ".join(f"{r['memory_format']} {r['gflop_per_s']:.1f}" for r in rows[-2:]) + " GFLOP/s", flush=True)
+    return rows
+
+
+def count_flops(model, shape: tuple[int, ...]) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.randn(*shape))
+    return int(counter.get_total_flops())
+
+
+def network_rate(model_name: str, images: list[str], runtime: str, repeats: int) -> dict:
+    """Predict ``images`` ``repeats`` times (after one untimed warm-up) with the engine; time its network calls."""
+    import e2miseg
+    import e2miseg.inference as engine_inference
+
+    model, card = e2miseg.load_model(model_name, device="cpu")
+    calls: list[tuple[tuple[int, ...], float]] = []
+    original = engine_inference.make_forward
+
+    def timed_make_forward(*args, **kwargs):
+        forward = original(*args, **kwargs)
+
+        def timed(batch):
+            t0 = time.perf_counter()
+            out = forward(batch)
+            calls.append((tuple(batch.shape), time.perf_counter() - t0))
+            return out
+
+        return timed
+
+    engine_inference.make_forward = timed_make_forward
+    try:
+        for image in images:  # warm-up: OpenVINO conversion/compilation of every batch shape
+            e2miseg.predict(image, model, runtime=runtime)
+        calls.clear()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for image in images:
+                e2miseg.predict(image, model, runtime=runtime)
+        wall = time.perf_counter() - started
+    finally:
+        engine_inference.make_forward = original
+    flops_by_shape = {shape: count_flops(model, shape) for shape in {s for s, _ in calls}}
+    flops = sum(flops_by_shape[s] for s, _ in calls)
+    network = sum(t for _, t in calls)
+    return {"model": card["name"], "kind": card["inference"]["kind"], "runtime": runtime,
+            "images": [Path(i).name for i in images], "repeats": repeats, "calls": len(calls),
+            "batch_shapes": sorted({"x".join(map(str, s)) for s, _ in calls}),
+            "gflop_total": flops / 1e9, "gflop_per_call": {"x".join(map(str, s)): f / 1e9 for s, f in flops_by_shape.items()},
+            "network_seconds": network, "predict_wall_seconds": wall, "gflop_per_s": flops / network / 1e9}
+
+
+def default_models(only: set[str], volumes: int) -> list[tuple[str, list[str]]]:
+    from edges_common import validation_cases
+
+    chosen = {
+        "e2miseg": ("e2miseg-hippocampus", "Task04_Hippocampus"),
+        "ehanet": (str(ROOT / "runs/ehanet-acdc/best.safetensors"), "ACDC"),
+        "s2anet": ("s2anet-leftatrium", "LeftAtrium2018"),
+    }
+    return [(model, [str(p) for p, _ in validation_cases(dataset)[:volumes]])
+            for key, (model, dataset) in chosen.items() if key in only]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="e2miseg,ehanet,s2anet", help="networks to measure (comma-separated)")
+    parser.add_argument("--model", action="append", nargs="+", metavar=("MODEL", "IMAGE"),
+                        help="measure MODEL on IMAGE(s) instead of the defaults (repeatable)")
+    parser.add_argument("--volumes", type=int, default=3, help="validation volumes per default network")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes over the volumes")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="timing per convolution shape")
+    parser.add_argument("--runtimes", default="openvino,torch")
+    parser.add_argument("--name", default="conv_roofline")
+    args = parser.parse_args()
+
+    import os
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    # a private OpenVINO cache: conversion happens in the untimed warm-up, the user's cache is untouched
+    os.environ.setdefault("E2MISEG_CACHE", tempfile.mkdtemp(prefix="e2miseg-roofline-"))
+    info = machine(args.threads)
+    sweep = conv_sweep(args.min_seconds)
+    best = max(sweep, key=lambda r: r["gflop_per_s"])
+    best_by_dims = {d: max((r for r in sweep if r["dims"] == d), key=lambda r: r["gflop_per_s"]) for d in (2, 3)}
+    jobs = [(m[0], m[1:]) for m in args.model] if args.model else default_models(set(args.only.split(",")), args.volumes)
+    networks = []
+    for model, images in jobs:
+        for runtime in args.runtimes.split(","):
+            row = network_rate(model, images, runtime, args.repeats)
+            dims = 3 if row["kind"] == "3d" else 2
+            row["share_of_best_conv"] = row["gflop_per_s"] / best["gflop_per_s"]
+            row["share_of_best_conv_same_dims"] = row["gflop_per_s"] / best_by_dims[dims]["gflop_per_s"]
+            networks.append(row)
+            print(f"{row['model']} {runtime}: {row['gflop_per_s']:.1f} GFLOP/s "
+                  f"({100 * row['share_of_best_conv']:.0f} % of the best convolution)", flush=True)
+    info = finish_machine(info)
+
+    def describe(r: dict) -> str:
+        return (f"conv{r['dims']}d {r['batch']}x{r['in']}->{r['out']} {'x'.join(map(str, r['spatial']))} "
+                f"{r['memory_format']}: {r['gflop_per_s']:.1f} GFLOP/s")
+
+    lines = [f"Best single convolution (eager torch): {describe(best)}",
+             f"Best 3D: {describe(best_by_dims[3])}; best 2D: {describe(best_by_dims[2])}", "",
+             "| network | runtime | volumes × repeats | calls | GFLOP | network s | GFLOP/s | share of best conv (target ≥ 60 %) | "
+             "share of best same-dim conv |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in networks:
+        lines.append(f"| {r['model']} ({r['kind']}) | {r['runtime']} | {len(r['images'])} × {r['repeats']} | {r['calls']} | "
+                     f"{r['gflop_total']:.1f} | {r['network_seconds']:.2f} | {r['gflop_per_s']:.1f} | "
+                     f"{100 * r['share_of_best_conv']:.0f} % | {100 * r['share_of_best_conv_same_dims']:.0f} % |")
+    notes = ["FLOPs: FlopCounterMode (2 per multiply-add; convolutions, matrix products, attention) per batch shape the "
+             "engine fed the network; network time: wall time inside the engine's network calls only.",
+             f"The sweep ({len(sweep)} timings) is in the JSON file."]
+    write_results(args.name, {"machine": info, "best_conv": best, "best_conv_by_dims": {str(k): v for k, v in best_by_dims.items()},
+                              "target_share": TARGET_SHARE, "networks": networks, "sweep": sweep}, lines, notes)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
