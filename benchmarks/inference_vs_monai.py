@@ -60,7 +60,15 @@ def run_e2miseg(model_path: str, image_path: str, out_path: str, threads: int) -
 
     torch.set_num_threads(threads)
     clock = {"network": 0.0, "calls": 0, "setup": 0.0}
-    wrapped = _instrument_engine(engine_inference, clock)
+    restore = _instrument_engine(engine_inference, clock)
+    try:
+        return _timed_e2miseg(e2miseg, model_path, image_path, out_path, clock, restore is not None)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _timed_e2miseg(e2miseg, model_path: str, image_path: str, out_path: str, clock: dict, wrapped: bool) -> dict:
     start = time.perf_counter()
     stage_start: dict[str, float] = {}
     stage_time: dict[str, float] = {}
@@ -86,11 +94,12 @@ def run_e2miseg(model_path: str, image_path: str, out_path: str, threads: int) -
             "network_time_source": source, "stages": stage_time}
 
 
-def _instrument_engine(engine_inference, clock: dict) -> bool:
-    """Wrap the engine's network call (``make_forward``) and OpenVINO compilation with timers."""
+def _instrument_engine(engine_inference, clock: dict):
+    """Wrap the engine's network call (``make_forward``) and OpenVINO compilation with timers;
+    return the function that undoes it (None when the engine has no such hook)."""
     original = getattr(engine_inference, "make_forward", None)
     if original is None:
-        return False
+        return None
 
     def timed_make_forward(*args, **kwargs):
         forward = original(*args, **kwargs)
@@ -105,10 +114,11 @@ def _instrument_engine(engine_inference, clock: dict) -> bool:
         return timed
 
     engine_inference.make_forward = timed_make_forward
+    undo = [lambda: setattr(engine_inference, "make_forward", original)]
     try:
         from e2miseg.runtime import OpenVinoForward
     except ImportError:
-        return True
+        OpenVinoForward = None
     compile_original = getattr(OpenVinoForward, "_compile", None)
     if compile_original is not None:
         def timed_compile(self, batch):
@@ -119,7 +129,8 @@ def _instrument_engine(engine_inference, clock: dict) -> bool:
                 clock["setup"] += time.perf_counter() - t0
 
         OpenVinoForward._compile = timed_compile
-    return True
+        undo.append(lambda: setattr(OpenVinoForward, "_compile", compile_original))
+    return lambda: [step() for step in undo]
 
 
 # --------------------------------------------------------------------------- the MONAI + SimpleITK peer

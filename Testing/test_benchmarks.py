@@ -1,0 +1,91 @@
+"""The benchmark harness measures the right thing (nothing here is timed).
+
+The speed comparison against MONAI is only meaningful if the peer pipeline computes the same
+segmentation; its agreement measure must compare real voxels; and result files must say which
+machine produced them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import oblique_image
+from helpers import make_e2miseg_checkpoint
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_common  # noqa: E402
+import inference_vs_monai as ivm  # noqa: E402
+
+
+def _write(array: np.ndarray, path: Path, like: sitk.Image | None = None) -> str:
+    image = sitk.GetImageFromArray(array)
+    if like is not None:
+        image.CopyInformation(like)
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
+def test_agreement_compares_voxels(tmp_path):
+    a = np.zeros((6, 7, 8), np.uint8)
+    b = a.copy()
+    b[0, 0, :4] = 2  # 4 of 336 voxels differ
+    assert ivm.agreement(_write(a, tmp_path / "a.nii.gz"), _write(b, tmp_path / "b.nii.gz")) == pytest.approx(1 - 4 / 336)
+    assert ivm.agreement(_write(a, tmp_path / "c.nii.gz"), _write(a, tmp_path / "d.nii.gz")) == 1.0
+
+
+def test_agreement_refuses_different_grids(tmp_path):
+    with pytest.raises(RuntimeError, match="differ in shape"):
+        ivm.agreement(_write(np.zeros((4, 4, 4), np.uint8), tmp_path / "a.nii.gz"),
+                      _write(np.zeros((4, 4, 5), np.uint8), tmp_path / "b.nii.gz"))
+
+
+def test_extent_preserving_grid_keeps_the_physical_extent():
+    image = oblique_image(size=(20, 18, 12), spacing=(0.7, 1.3, 2.9))
+    size, spacing, origin = ivm.extent_preserving_grid(image, [1.0, 1.0, 1.0])
+    assert size == [14, 23, 35]
+    old_extent = np.array(image.GetSize()) * np.array(image.GetSpacing())
+    assert np.allclose(np.array(size) * np.array(spacing), old_extent)
+    # the first voxel's outer corner stays where it was
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    corner = lambda o, s: np.array(o) - direction @ (np.array(s) / 2)  # noqa: E731
+    assert np.allclose(corner(origin, spacing), corner(image.GetOrigin(), image.GetSpacing()))
+    assert ivm.extent_preserving_grid(image, [0.71, 1.29, 2.9]) is None  # within 2 %: not resampled
+
+
+def test_peer_pipeline_matches_the_engine_on_a_resampled_oblique_volume(tmp_path, one_thread):
+    """Same network and card: the MONAI/SimpleITK peer and e2miseg.predict give the same labels."""
+    model = make_e2miseg_checkpoint(tmp_path / "model.safetensors", spacing=(1.0, 1.0, 1.0))
+    image = oblique_image(size=(22, 19, 14), spacing=(0.8, 1.2, 1.6))
+    path = tmp_path / "image.nii.gz"
+    sitk.WriteImage(image, str(path))
+    engine = ivm.run_e2miseg(str(model), str(path), str(tmp_path / "engine.nii.gz"), threads=1)
+    peer = ivm.run_monai(str(model), str(path), str(tmp_path / "peer.nii.gz"), threads=1)
+    assert engine["forward_calls"] > 0 and peer["forward_calls"] > 0
+    assert engine["network_time_source"].startswith("timed network calls")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "engine.nii.gz")))
+    assert len(np.unique(labels)) > 1, "a constant label map would make agreement meaningless"
+    assert ivm.agreement(str(tmp_path / "engine.nii.gz"), str(tmp_path / "peer.nii.gz")) >= 0.995
+    # the instrumentation is undone: the engine's own make_forward is back
+    import e2miseg.inference
+    import e2miseg.runtime
+
+    assert e2miseg.inference.make_forward is e2miseg.runtime.make_forward
+
+
+def test_results_record_the_machine(tmp_path):
+    info = bench_common.finish_machine(bench_common.machine(threads=1))
+    for key in ("cpu", "logical_cores", "torch", "date_utc", "load_average_start", "quiet"):
+        assert key in info
+    json_path, md_path = bench_common.write_results("demo", {"machine": info, "rows": []}, ["| a |", "|---|"],
+                                                    ["a note"], folder=tmp_path)
+    assert json.loads(json_path.read_text())["machine"]["cpu"] == info["cpu"]
+    text = md_path.read_text()
+    assert text.startswith("# demo") and info["cpu"] in text and "a note" in text
+    assert ("quiet machine" in text) == info["quiet"]
