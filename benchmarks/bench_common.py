@@ -43,7 +43,8 @@ def _version(module: str) -> str | None:
 def busy_processes() -> list[str]:
     """Other heavy jobs (training runs) that would make timings meaningless."""
     try:
-        out = subprocess.run(["pgrep", "-af", "e2miseg-train fit"], capture_output=True, text=True).stdout
+        # the console script and `python -m e2miseg_train.cli fit` (how torchrun and nohup runs start it)
+        out = subprocess.run(["pgrep", "-af", "e2miseg[-_]train(\\.cli)? fit"], capture_output=True, text=True).stdout
     except OSError:
         return []
     own = str(os.getpid())

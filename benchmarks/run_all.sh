@@ -11,7 +11,7 @@ PY=${PYTHON:-.venv/bin/python}
 THREADS=${THREADS:-2}
 export PYTHONUTF8=1
 
-if pgrep -f "e2miseg-train fit" >/dev/null; then
+if pgrep -f "e2miseg[-_]train(\.cli)? fit" >/dev/null; then
     echo "warning: e2miseg-train fit is running; timings will not be representative (results are marked LOADED)" >&2
 fi
 "$PY" benchmarks/inference_vs_monai.py --threads "$THREADS" --pairs "${PAIRS:-3}" ${IVM_ARGS:-}
