@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Sequence, Union
 
 import SimpleITK as sitk
@@ -16,9 +17,10 @@ import torch
 from .checkpoint import load_weights_into, read_checkpoint, sha256_of
 from .errors import CheckpointError
 from .inference import InferenceOptions, Predictor, resolve_device
-from .postprocess import clean_labels, labels_on_input_grid, probability_image
+from .postprocess import LabelSink, clean_labels, labels_on_input_grid, probability_image
 from .preprocess import preprocess
 from .progress import CancelToken, ProgressCallback, Reporter
+from .resample import Geometry
 from .store import resolve
 from .validate import read_checked_channels
 
@@ -62,8 +64,13 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
             fast: bool = False, tta: bool = False, batch_size: int | None = None, keep_largest: bool = False,
             min_island_mm3: float = 0.0, return_probabilities: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-            refine_edges: bool = False, edge_strength: float | None = None, runtime: str | None = None):
+            refine_edges: bool = False, edge_strength: float | None = None, runtime: str | None = None,
+            timings: dict[str, float] | None = None):
     """Segment one case: file paths or SimpleITK images in, a uint8 label image on the input grid out.
+
+    Memory stays bounded on large volumes: probabilities are stitched, resampled to the input grid
+    and turned into labels slab by slab. ``return_probabilities`` and ``refine_edges`` need the whole
+    probability map (one float32 volume per class on the input grid), so they take more memory.
 
     :param images: one path/image per channel, a 4D image, or a DICOM series folder.
     :param model: a network from ``load_model`` (carrying ``.card``), or a store name or checkpoint path.
@@ -74,7 +81,11 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.
     :param refine_edges: refine edges against the image in a narrow band (``e2miseg.edges``).
     :param edge_strength: 0 (off) .. 1; None is the measured default (``e2miseg.edges.DEFAULT_STRENGTH``).
+    :param timings: if given, filled with seconds per stage: load (model, when given by name),
+        read, preprocess, compile (network runtime set-up), network, stitch (stitching, resampling
+        and labelling interleaved with the network), postprocess, total.
     """
+    clock = _Clock(timings)
     reporter = Reporter(progress, cancel)
     reporter.report("load", 0, 1)
     if not isinstance(model, torch.nn.Module):
@@ -82,25 +93,77 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     card = card or getattr(model, "card", None)
     if card is None:
         raise CheckpointError("predict() needs the model card: pass card=... or a model from e2miseg.load_model")
+    clock.lap("load")
     channels = read_checked_channels(images, card)  # headers are checked before any voxel is read
     reporter.report("load", 1, 1)
+    clock.lap("read")
     reporter.report("preprocess", 0, 1)
     array, grid = preprocess(channels, card)
     reporter.report("preprocess", 1, 1)
+    clock.lap("preprocess")
+    reference = Geometry.of(channels[0])
+    keep_image = channels[0] if refine_edges else None
+    del channels  # the input's voxels are not needed any more (unless the caller holds them)
     if device is None:
         device = str(next(model.parameters()).device)
     predictor = Predictor(model, card, InferenceOptions(device=device, step=step, fast=fast, tta=tta, batch_size=batch_size,
                                                          runtime=runtime))
-    probabilities = predictor.predict(array, reporter)
-    del array
-    reporter.report("postprocess", 0, 1)
-    labels = labels_on_input_grid(probabilities, grid, channels[0])
-    probability_map = probability_image(probabilities, grid, channels[0]) if refine_edges or return_probabilities else None
+    clock.lap("compile")
+    probability_map = None
+    if refine_edges or return_probabilities:
+        probabilities = predictor.predict(array, reporter)
+        del array
+        clock.split("infer", predictor)
+        reporter.report("postprocess", 0, 1)
+        labels = labels_on_input_grid(probabilities, grid, reference)
+        probability_map = probability_image(probabilities, grid, reference)
+        del probabilities
+    else:
+        sink = LabelSink(grid, reference)
+        predictor.predict_into(array, sink, reporter)
+        del array
+        clock.split("infer", predictor)
+        reporter.report("postprocess", 0, 1)
+        labels = sink.image()
+        del sink
     if refine_edges:
         from .edges import refine_prediction
 
-        labels = refine_prediction(channels[0], labels, probability_map, strength=edge_strength)
+        labels = refine_prediction(keep_image, labels, probability_map, strength=edge_strength)
     labels = clean_labels(labels, [entry["value"] for entry in card["labels"]], keep_largest, min_island_mm3)
     result = (labels, probability_map) if return_probabilities else labels
+    clock.lap("postprocess")
     reporter.report("postprocess", 1, 1)
+    clock.finish()
     return result
+
+
+class _Clock:
+    """Stage timings for ``predict(timings=...)``; does nothing when no dict was given."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+        self.start = self.last = time.perf_counter()
+        if timings is not None:
+            timings.clear()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now
+
+    def split(self, stage: str, predictor: Predictor) -> None:
+        """The inference stage, split into the runtime's set-up, the network and the rest (stitching)."""
+        now = time.perf_counter()
+        if self.timings is not None:
+            compile_s = getattr(predictor.forward, "compile_seconds", 0.0)
+            network = max(0.0, predictor.network_seconds - compile_s)
+            self.timings["compile"] = self.timings.get("compile", 0.0) + compile_s
+            self.timings["network"] = network
+            self.timings["stitch"] = max(0.0, now - self.last - predictor.network_seconds)
+        self.last = now
+
+    def finish(self) -> None:
+        if self.timings is not None:
+            self.timings["total"] = time.perf_counter() - self.start

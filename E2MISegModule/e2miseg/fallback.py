@@ -66,12 +66,15 @@ def step_down(predictor: Any) -> str | None:
     return None
 
 
-def predict_with_fallback(predictor: Any, array: np.ndarray, reporter: Reporter) -> np.ndarray:
-    """``predictor.predict_once`` under the ladder; other errors (and cancellation) pass through untouched."""
+def predict_with_fallback(predictor: Any, array: np.ndarray, reporter: Reporter, sink: Any) -> None:
+    """``predictor.predict_once`` under the ladder; other errors (and cancellation) pass through untouched.
+
+    Each attempt restarts the sink (``sink.begin``), so its result is that of the successful attempt.
+    """
     while True:
         device = predictor.device.type.upper()
         try:
-            return predictor.predict_once(array, reporter)
+            return predictor.predict_once(array, reporter, sink)
         except Exception as exc:  # noqa: BLE001 - only memory errors are handled, the rest re-raised
             if not is_out_of_memory(exc):
                 raise

@@ -2,10 +2,13 @@
 
 The strategy follows the model's kind from its card: 3D sliding windows with Gaussian blending,
 2D slices, or 2.5D stacks of neighbouring slices. Several tiles go through the network per pass;
-cancellation is checked between passes.
+cancellation is checked between passes. Probabilities leave the predictor as finalised slabs (z slabs
+for 3D windows, groups of slices for 2D/2.5D) through a sink, so the caller decides whether to keep
+them whole or to turn them into labels straight away.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Iterator, Optional
@@ -59,8 +62,8 @@ def _forward_probabilities(model, batch: torch.Tensor, flips: list[tuple[int, ..
         x = torch.flip(batch, dims) if dims else batch
         probs = torch.softmax(model(x).float(), dim=1)
         probs = torch.flip(probs, dims) if dims else probs
-        total = probs if total is None else total + probs
-    return total / len(flips)
+        total = probs if total is None else total.add_(probs)
+    return total.div_(len(flips)) if len(flips) > 1 else total
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -85,22 +88,35 @@ class Predictor:
         # On a GPU the windows are summed in GPU memory (no copy back per tile); the out-of-memory
         # fallback (fallback.py) turns this off before giving up the GPU altogether.
         self.stitch_on_device = self.device.type == "cuda"
+        self.network_seconds = 0.0  # time inside the network (and its runtime), for timing reports
 
     def predict(self, array: np.ndarray, reporter: Reporter | None = None) -> np.ndarray:
         """(C, z, y, x) float32 -> (K, z, y, x) float32 class probabilities.
 
-        Out of memory, it retries with a smaller batch, CPU stitching, then the CPU (with a warning).
+        Holds one float32 volume per class: for callers that need the probabilities themselves.
+        ``predict_into`` streams them to a sink instead. Out of memory, it retries with a smaller
+        batch, CPU stitching, then the CPU (with a warning).
         """
+        from .postprocess import ArraySink
+
+        sink = ArraySink()
+        self.predict_into(array, sink, reporter)
+        return sink.array
+
+    def predict_into(self, array: np.ndarray, sink, reporter: Reporter | None = None) -> None:
+        """Stream finalised probability slabs to ``sink`` (``begin``, ``add(start, slab)``, ``end``)."""
         from .fallback import predict_with_fallback
 
-        return predict_with_fallback(self, array, reporter or Reporter())
+        predict_with_fallback(self, array, reporter or Reporter(), sink)
 
-    def predict_once(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
+    def predict_once(self, array: np.ndarray, reporter: Reporter, sink) -> None:
         """One attempt with the current batch size, stitching and device."""
         with torch.inference_mode():
             if self.settings["kind"] == "3d":
-                return self._sliding_window(array, reporter)
-            return self._slice_wise(array, reporter)
+                self._sliding_window(array, reporter, sink)
+            else:
+                self._slice_wise(array, reporter, sink)
+            sink.end()
 
     def _mirror_dims(self, spatial_axes_zyx: list[int], offset: int) -> list[tuple[int, ...]]:
         if not self.options.tta:
@@ -108,33 +124,67 @@ class Predictor:
         axes = [AXIS_INDEX_ZYX[a] for a in self.settings["mirror_axes"]]
         return mirror_combinations([spatial_axes_zyx.index(a) + offset for a in axes if a in spatial_axes_zyx])
 
-    def _sliding_window(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
+    def _network(self, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+        start = time.perf_counter()
+        probs = _forward_probabilities(self.forward, batch, flips)
+        self.network_seconds += time.perf_counter() - start
+        return probs
+
+    def _sliding_window(self, array: np.ndarray, reporter: Reporter, sink) -> None:
+        """Gaussian-weighted windows, z-major, stitched in a band of z slices.
+
+        Windows come in z order, so once a batch is done every slice before the next window's first
+        slice is final: it is divided by its weight sum and handed to the sink, and the band moves
+        on. The band is one patch deep (plus a batch's spread), not the whole volume.
+        """
         patch = tuple(self.settings["patch_size_zyx"])
         padded, crop = pad_to_at_least(array, patch)
         windows = window_grid(padded.shape[1:], patch, self.step)
+        groups = list(_batches(windows, self.batch_size))
+        finals = [g[0][0].start for g in groups[1:]] + [padded.shape[1]]  # band start after each group
+        depth = max(max(max(w[0].stop for w in g), final) - g[0][0].start for g, final in zip(groups, finals))
         weights = gaussian_weights(patch, self.settings["gaussian_sigma_scale"])
         weights_device = torch.tensor(weights, device=self.device)
         stitch = self.device if self.stitch_on_device else torch.device("cpu")
         weights_stitch = torch.from_numpy(np.array(weights)).to(stitch)
-        accumulated = torch.zeros((self.num_classes,) + padded.shape[1:], dtype=torch.float32, device=stitch)
-        weight_sum = torch.zeros(padded.shape[1:], dtype=torch.float32, device=stitch)
+        plane = padded.shape[2:]
+        accumulated = torch.zeros((self.num_classes, depth) + plane, dtype=torch.float32, device=stitch)
+        weight_sum = torch.zeros((depth,) + plane, dtype=torch.float32, device=stitch)
         flips = self._mirror_dims([0, 1, 2], offset=2)
-        done = 0
+        sink.begin(self.num_classes, array.shape[1:], 0)
+        base, done = 0, 0  # padded z of the band's first slice
         reporter.report("infer", 0, len(windows))
-        for group in _batches(windows, self.batch_size):
+        for group, final in zip(groups, finals):
             reporter.check_cancel()
             batch = torch.from_numpy(np.stack([padded[(slice(None),) + w] for w in group])).to(self.device)
-            probs = (_forward_probabilities(self.forward, batch, flips) * weights_device).to(stitch)
+            probs = self._network(batch, flips).mul_(weights_device).to(stitch)
             for window, tile in zip(group, probs):
-                accumulated[(slice(None),) + window] += tile
-                weight_sum[window] += weights_stitch
+                band = (slice(window[0].start - base, window[0].stop - base),) + window[1:]
+                accumulated[(slice(None),) + band] += tile
+                weight_sum[band] += weights_stitch
+            if final > base:
+                self._emit(accumulated, weight_sum, base, final, crop, sink)
+                base = final
             done += len(group)
             reporter.report("infer", done, len(windows))
-        accumulated = accumulated[(slice(None),) + crop]
-        accumulated /= weight_sum[crop][None]
-        return accumulated.cpu().numpy()
 
-    def _slice_wise(self, array: np.ndarray, reporter: Reporter) -> np.ndarray:
+    @staticmethod
+    def _emit(accumulated: torch.Tensor, weight_sum: torch.Tensor, base: int, final: int, crop: tuple[slice, ...], sink) -> None:
+        """Hand the band's slices [base, final) (padded z) to the sink, then shift the band."""
+        first, last = max(base, crop[0].start), min(final, crop[0].stop)
+        if last > first:
+            band = (slice(first - base, last - base),) + crop[1:]
+            slab = accumulated[(slice(None),) + band] / weight_sum[band][None]
+            sink.add(first - crop[0].start, slab.cpu().numpy())
+        shift = final - base
+        rest = accumulated.shape[1] - shift
+        for index in range(max(rest, 0)):  # slice by slice, front to back: no band-sized temporary
+            accumulated[:, index].copy_(accumulated[:, index + shift])
+            weight_sum[index].copy_(weight_sum[index + shift])
+        accumulated[:, max(rest, 0):] = 0
+        weight_sum[max(rest, 0):] = 0
+
+    def _slice_wise(self, array: np.ndarray, reporter: Reporter, sink) -> None:
         axis = AXIS_INDEX_ZYX[self.settings["slice_axis"]]
         in_plane = [a for a in range(3) if a != axis]
         stacked = np.moveaxis(array, axis + 1, 1)  # (C, S, A, B) with S the slice axis
@@ -144,8 +194,8 @@ class Predictor:
         padded, crop = pad_to_at_least(stacked, minimum)
         padded, crop2 = pad_to_multiple(padded, int(getattr(self.model, "size_divisor", 1)))
         crop = tuple(slice(c2.start + c1.start, c2.start + c1.stop) for c1, c2 in zip(crop, crop2))
-        out = np.zeros((self.num_classes, count) + stacked.shape[2:], dtype=np.float32)
         flips = self._mirror_dims(in_plane, offset=2)
+        sink.begin(self.num_classes, array.shape[1:], axis)
         reporter.report("infer", 0, count)
         done = 0
         for group in _batches(list(range(count)), self.batch_size * 4):
@@ -153,8 +203,8 @@ class Predictor:
             # channel-major stacks: the k neighbours of channel 0, then of channel 1, ...
             tiles = [padded[:, slice_stack_indices(count, i, slices)].reshape(channels * slices, *padded.shape[2:]) for i in group]
             batch = torch.from_numpy(np.stack(tiles)).to(self.device)
-            probs = _forward_probabilities(self.forward, batch, flips).cpu().numpy()
-            out[:, group[0]:group[-1] + 1] = np.moveaxis(probs[(slice(None), slice(None)) + crop], 0, 1)
+            probs = self._network(batch, flips).cpu().numpy()
+            # (n, K, A, B) -> (K, n, A, B) -> the slice axis back in its place
+            sink.add(group[0], np.moveaxis(np.moveaxis(probs[(slice(None), slice(None)) + crop], 0, 1), 1, axis + 1))
             done += len(group)
             reporter.report("infer", done, count)
-        return np.moveaxis(out, 1, axis + 1)

@@ -1,61 +1,218 @@
 """Back to the input grid through probabilities, then per-label clean-up.
 
 Resampling class probabilities (not labels) and taking the argmax on the input grid keeps edges
-smooth at native resolution. It runs one class at a time with a running maximum, so memory holds
-two input-grid arrays, never one float array per class.
+smooth at native resolution. ``LabelSink`` does it slab by slab as the predictor finalises network
+slices, so memory holds a few slices of probabilities and the uint8 labels, never one float volume
+per class (``resample.py`` says why this equals resampling whole volumes).
+
+Most voxels need no interpolation at all: when all 8 network voxels around an input voxel have the
+same argmax k, class k dominates every other class at each of them, hence in any convex combination
+of them, so the interpolated argmax is k. Only voxels in cells that straddle a boundary are
+interpolated, with the same operations in the same order as a full separable pass.
 """
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
+import torch
 
-from .preprocess import NetworkGrid, resample_array
+from .preprocess import NetworkGrid
+from .resample import AxisMap, Geometry, axis_maps, blend, interpolate, slab_length
+
+# Bytes of temporaries per slab of input-grid slices, and the share of boundary voxels above which
+# a slab is interpolated whole (cheaper than gathering 8 corners per voxel; same result).
+_SLAB_BYTES = 32 << 20
+_POINTWISE_SHARE = 0.25
+
+
+def _input_maps(grid: NetworkGrid) -> list[AxisMap]:
+    if grid.network_geometry is None:
+        return [AxisMap.same(n) for n in grid.crop_geometry.shape_zyx]
+    return axis_maps(grid.network_geometry, grid.crop_geometry)
+
+
+def _cell_uniform(labels: torch.Tensor, maps: list[AxisMap]) -> torch.Tensor:
+    """True where the interpolation cell starting at a voxel (itself and its upper neighbours along
+    the resampled axes) has one label throughout."""
+    high, low = labels, labels
+    for dim, axis_map in enumerate(maps):
+        length = labels.shape[dim]
+        if axis_map.identity or length == 1:
+            continue
+        upper = torch.arange(1, length + 1).clamp_(max=length - 1)
+        high = torch.maximum(high, high.index_select(dim, upper))
+        low = torch.minimum(low, low.index_select(dim, upper))
+    return high == low
+
+
+class LabelSink:
+    """Turns finalised network-grid probability slabs into uint8 labels on the input grid.
+
+    The predictor calls ``begin``, then ``add`` for consecutive slabs along one axis, then ``end``;
+    ``begin`` starts over (the out-of-memory ladder restarts a prediction from its first tile).
+    """
+
+    def __init__(self, grid: NetworkGrid, reference: Geometry | sitk.Image, slab_bytes: int = _SLAB_BYTES):
+        self.grid = grid
+        self.reference = reference if isinstance(reference, Geometry) else Geometry.of(reference)
+        self.maps = _input_maps(grid)
+        self.slab_bytes = slab_bytes
+        self.labels = np.zeros(self.reference.shape_zyx, dtype=np.uint8)
+
+    def begin(self, num_classes: int, shape_zyx: tuple[int, ...], axis: int) -> None:
+        if tuple(shape_zyx) != tuple(self.grid.network_shape_zyx):
+            raise ValueError(f"probabilities of shape {tuple(shape_zyx)} are not on the network grid {self.grid.network_shape_zyx}")
+        self.axis = axis
+        others = [d for d in range(3) if d != axis]
+        self.moved_maps = [self.maps[axis]] + [self.maps[d] for d in others]
+        self.source_length = shape_zyx[axis]
+        self.pending: list[tuple[int, np.ndarray]] = []  # (first slice, (K, slices, ., .)), streaming axis first
+        self.received = 0
+        self.done = 0  # input-grid slices along the axis that are labelled
+        self.out = np.moveaxis(self.labels[self.grid.box], axis, 0)
+        # per input-grid voxel of a slab: three float32 interpolation temporaries per class, plus
+        # the network slices it reads (a copy of the block per class)
+        plane = self.out.shape[1] * self.out.shape[2]
+        network_plane = int(np.prod(shape_zyx)) // shape_zyx[axis]
+        source_per_target = (len(self.moved_maps[0]) and self.source_length / len(self.moved_maps[0])) * network_plane / max(1, plane)
+        self.step = slab_length(plane, int(num_classes * 4 * (3 + source_per_target)) + 2, self.slab_bytes)
+
+    def add(self, start: int, slab: np.ndarray) -> None:
+        """Probabilities (K, ...) on the network grid for slices [start, start + n) along the axis."""
+        if start != self.received:
+            raise ValueError(f"slab starts at {start} but {self.received} slices were received")
+        self.pending.append((start, np.moveaxis(slab, self.axis + 1, 1)))
+        self.received += slab.shape[self.axis + 1]
+        lead = self.moved_maps[0]
+        ready = lead.ready_until(self.received, self.source_length)
+        while self.done < ready:
+            stop = min(ready, self.done + self.step)
+            self._label(self.done, stop)
+            self.done = stop
+        # drop the slabs no later input slice reads
+        keep = int(lead.lo[self.done]) if self.done < len(lead) else self.received
+        self.pending = [(first, part) for first, part in self.pending if first + part.shape[1] > keep]
+
+    def end(self) -> None:
+        if self.done != len(self.moved_maps[0]):
+            raise RuntimeError(f"labelled {self.done} of {len(self.moved_maps[0])} slices: the prediction stopped early")
+        self.pending = []
+
+    def image(self) -> sitk.Image:
+        return self.reference.attach(self.labels)
+
+    def _label(self, start: int, stop: int) -> None:
+        lead, second, third = self.moved_maps
+        first, last = lead.source_range(start, stop)
+        pieces = [part[:, max(first - begin, 0):last - begin] for begin, part in self.pending
+                  if begin < last and begin + part.shape[1] > first]
+        block = torch.from_numpy(pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1))
+        spans = {1: (lead, start, stop, first), 2: (second, 0, len(second), 0), 3: (third, 0, len(third), 0)}
+        if all(m.identity for m in self.moved_maps):
+            self.out[start:stop] = block.argmax(0).to(torch.uint8).numpy()
+            return
+        net_labels = block.argmax(0).to(torch.uint8)
+        uniform = _cell_uniform(net_labels, self.moved_maps)
+        labels, flags = net_labels, uniform
+        for dim, (axis_map, lo_start, lo_stop, offset) in enumerate(spans[d] for d in (1, 2, 3)):
+            index = torch.from_numpy(axis_map.lo[lo_start:lo_stop] - offset)
+            labels, flags = labels.index_select(dim, index), flags.index_select(dim, index)
+        mixed = ~flags
+        count = int(mixed.sum())
+        if count:
+            if count > _POINTWISE_SHARE * mixed.numel():
+                values = interpolate(block, spans, [1, 2, 3])
+                labels[mixed] = values.argmax(0).to(torch.uint8)[mixed]
+            else:
+                labels[mixed] = _interpolate_points(block, spans, mixed.nonzero(as_tuple=True)).argmax(0).to(torch.uint8)
+        self.out[start:stop] = labels.numpy()
+
+
+def _interpolate_points(block: torch.Tensor, spans: dict, points: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Trilinear values (K, N) at N target points, by the same three passes as ``interpolate``."""
+    _, _, rows, cols = block.shape
+    flat = block.reshape(block.shape[0], -1)  # a copy only if the block is a view with gaps
+    corners, weights = [], []
+    for dim, position in zip((1, 2, 3), points):
+        axis_map, start, stop, offset = spans[dim]
+        position = position.numpy() + start
+        corners.append((torch.from_numpy(axis_map.lo[position] - offset), torch.from_numpy(axis_map.hi[position] - offset)))
+        weights.append(torch.from_numpy(axis_map.weight[position]))
+
+    def at(a: int, b: int, c: int) -> torch.Tensor:
+        return flat.index_select(1, (corners[0][a] * rows + corners[1][b]) * cols + corners[2][c])
+
+    along_lead = {(b, c): blend(at(0, b, c), at(1, b, c), weights[0]) for b in (0, 1) for c in (0, 1)}
+    along_second = {c: blend(along_lead[0, c], along_lead[1, c], weights[1]) for c in (0, 1)}
+    return blend(along_second[0], along_second[1], weights[2])
+
+
+class ArraySink:
+    """Collects the whole probability array on the network grid (what ``Predictor.predict`` returns)."""
+
+    def begin(self, num_classes: int, shape_zyx: tuple[int, ...], axis: int) -> None:
+        self.axis = axis
+        self.array = np.empty((num_classes,) + tuple(shape_zyx), dtype=np.float32)
+
+    def add(self, start: int, slab: np.ndarray) -> None:
+        index = [slice(None)] * 4
+        index[self.axis + 1] = slice(start, start + slab.shape[self.axis + 1])
+        self.array[tuple(index)] = slab
+
+    def end(self) -> None:
+        pass
+
+
+def labels_on_input_grid(probabilities: np.ndarray, grid: NetworkGrid, reference: Geometry | sitk.Image) -> sitk.Image:
+    """Argmax of the probabilities resampled onto ``reference``'s grid; uint8 labels, same geometry.
+
+    The same computation as streaming slabs through a ``LabelSink``: the labels do not depend on it.
+    """
+    sink = LabelSink(grid, reference)
+    sink.begin(probabilities.shape[0], probabilities.shape[1:], 0)
+    sink.add(0, probabilities)
+    sink.end()
+    return sink.image()
 
 
 def probabilities_on_input_crop(probabilities: np.ndarray, grid: NetworkGrid, label: int) -> np.ndarray:
-    """One class's probabilities resampled from the network grid onto the cropped input grid."""
-    if grid.resampled is None:
+    """One class's probabilities linearly resampled from the network grid onto the cropped input grid."""
+    if grid.network_geometry is None:
         return probabilities[label]
-    return resample_array(probabilities[label], grid.resampled, grid.cropped)
+    maps = _input_maps(grid)
+    shape = grid.crop_geometry.shape_zyx
+    out = np.empty(shape, dtype=np.float32)
+    source = torch.from_numpy(probabilities[label])
+    step = slab_length(shape[1] * shape[2], 12, _SLAB_BYTES)
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        first, last = maps[0].source_range(start, stop)
+        spans = {0: (maps[0], start, stop, first), 1: (maps[1], 0, shape[1], 0), 2: (maps[2], 0, shape[2], 0)}
+        out[start:stop] = interpolate(source[first:last], spans, [0, 1, 2]).numpy()
+    return out
 
 
-def labels_on_input_grid(probabilities: np.ndarray, grid: NetworkGrid, reference: sitk.Image) -> sitk.Image:
-    """Argmax of the probabilities resampled onto ``reference``'s grid; uint8 labels, same geometry."""
-    if grid.resampled is None:
-        crop_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-    else:
-        best = probabilities_on_input_crop(probabilities, grid, 0).copy()
-        crop_labels = np.zeros(best.shape, dtype=np.uint8)
-        for label in range(1, probabilities.shape[0]):
-            candidate = probabilities_on_input_crop(probabilities, grid, label)
-            better = candidate > best
-            crop_labels[better] = label
-            np.maximum(best, candidate, out=best)
-    labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
-    box = tuple(slice(a, b) for a, b in zip(grid.crop_start_zyx, grid.crop_stop_zyx))
-    labels[box] = crop_labels
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(reference)
-    return image
+def probability_image(probabilities: np.ndarray, grid: NetworkGrid, reference: Geometry | sitk.Image) -> sitk.Image:
+    """All class probabilities on the input grid as a vector image (background 1 outside the crop).
 
-
-def probability_image(probabilities: np.ndarray, grid: NetworkGrid, reference: sitk.Image) -> sitk.Image:
-    """All class probabilities on the input grid as a vector image (background 1 outside the crop)."""
-    shape = reference.GetSize()[::-1]
-    box = tuple(slice(a, b) for a, b in zip(grid.crop_start_zyx, grid.crop_stop_zyx))
-    planes = []
+    Needs one float32 input-grid volume per class: only for callers that ask for probabilities.
+    """
+    reference = reference if isinstance(reference, Geometry) else Geometry.of(reference)
+    planes = np.zeros(reference.shape_zyx + (probabilities.shape[0],), dtype=np.float32)
+    planes[..., 0] = 1.0
     for label in range(probabilities.shape[0]):
-        plane = np.full(shape, 1.0 if label == 0 else 0.0, dtype=np.float32)
-        plane[box] = probabilities_on_input_crop(probabilities, grid, label)
-        planes.append(plane)
-    image = sitk.GetImageFromArray(np.stack(planes, axis=-1), isVector=True)
-    image.CopyInformation(reference)
+        planes[grid.box + (label,)] = probabilities_on_input_crop(probabilities, grid, label)
+    image = sitk.GetImageFromArray(planes, isVector=True)
+    image.SetSpacing([float(s) for s in reference.spacing])
+    image.SetOrigin([float(o) for o in reference.origin])
+    image.SetDirection(reference.direction)
     return image
 
 
 def keep_largest_component(labels: np.ndarray, values: list[int]) -> np.ndarray:
     """For each label value, keep only its largest 26-connected component."""
+    from scipy import ndimage  # imported here: scipy.ndimage costs about a second to import
+
     structure = np.ones((3, 3, 3), dtype=bool)
     for value in values:
         mask = labels == value
@@ -72,6 +229,8 @@ def remove_islands(labels: np.ndarray, values: list[int], min_volume_mm3: float,
     """Drop components of each label smaller than ``min_volume_mm3``."""
     voxel_mm3 = float(np.prod(spacing_xyz))
     min_voxels = int(np.ceil(min_volume_mm3 / voxel_mm3))
+    from scipy import ndimage
+
     structure = np.ones((3, 3, 3), dtype=bool)
     for value in values:
         mask = labels == value
