@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -63,24 +66,34 @@ def weights_key(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+# Compiled networks of this process, shared by every predictor: compiling, even from OpenVINO's
+# on-disk blob cache, costs a second or more, which a cohort or a Slicer session would pay per case.
+# Keyed by weights, input shape and thread count; a few entries (each holds the network's weights).
+_COMPILED: "OrderedDict[tuple, object]" = OrderedDict()
+_COMPILED_MAX = 4
+_COMPILED_LOCK = threading.Lock()
+
+
 class OpenVinoForward:
     """Runs a PyTorch network through OpenVINO.
 
     One converted model (IR) per input shape is cached on disk; it is compiled once per batch size
     with fully static shapes, because the CPU plugin refuses some fused E2MISeg layers with a dynamic
-    batch ("any_of(scale.size(), OC, 1U)"), and static shapes are its fastest path anyway.
+    batch ("any_of(scale.size(), OC, 1U)"), and static shapes are its fastest path anyway. Compiled
+    models are kept per process (``_COMPILED``); each instance runs them through its own infer
+    requests, so predictors in several threads can share one compiled model.
     """
 
     def __init__(self, model: torch.nn.Module, threads: int | None = None):
         import openvino as ov
 
         self._ov = ov
-        self._core = ov.Core()
+        self._core = None  # created on the first compilation this process needs
         self._model = model
         self._key = weights_key(model)
         self._threads = threads or torch.get_num_threads()
-        self._compiled: dict[tuple[int, ...], object] = {}
-        self._ir: dict[tuple[int, ...], object] = {}
+        self._requests: dict[tuple[int, ...], object] = {}
+        self.compile_seconds = 0.0  # time spent converting or compiling, for timing reports
 
     def _ir_path(self, shape: tuple[int, ...]) -> Path:
         return cache_dir() / "openvino" / f"{self._key}_{'x'.join(map(str, shape))}.xml"
@@ -99,26 +112,44 @@ class OpenVinoForward:
         os.replace(tmp, path)
         return converted
 
+    def _compiled(self, batch: torch.Tensor):
+        key = (self._key, str(cache_dir()), tuple(batch.shape), self._threads)
+        with _COMPILED_LOCK:
+            compiled = _COMPILED.get(key)
+            if compiled is not None:
+                _COMPILED.move_to_end(key)
+                return compiled
+            compiled = self._compile(batch)
+            _COMPILED[key] = compiled
+            while len(_COMPILED) > _COMPILED_MAX:
+                _COMPILED.popitem(last=False)
+            return compiled
+
     def _compile(self, batch: torch.Tensor):
         shape = tuple(batch.shape[1:])
-        if shape not in self._ir:
-            path = self._ir_path(shape)
-            if not (path.is_file() and path.with_suffix(".bin").is_file()):
-                LOG.info("optimising the network for this CPU with OpenVINO (once per model; about a minute)")
-                self._convert(batch[:1], path)
-            self._ir[shape] = path
-        ir = self._core.read_model(self._ir[shape])
+        path = self._ir_path(shape)
+        if not (path.is_file() and path.with_suffix(".bin").is_file()):
+            LOG.info("optimising the network for this CPU with OpenVINO (once per model; about a minute)")
+            self._convert(batch[:1], path)
+        if self._core is None:
+            self._core = self._ov.Core()
+        ir = self._core.read_model(path)
         ir.reshape(list(batch.shape))
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self._threads,
                   "CACHE_DIR": str(cache_dir() / "openvino" / "compiled")}
-        compiled = self._core.compile_model(ir, "CPU", config)
-        self._compiled[tuple(batch.shape)] = compiled
-        return compiled
+        return self._core.compile_model(ir, "CPU", config)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        compiled = self._compiled.get(tuple(batch.shape)) or self._compile(batch)
-        result = compiled(batch.detach().cpu().numpy())[0]  # OpenVINO needs its own copy of the input
-        return torch.from_numpy(result)
+        shape = tuple(batch.shape)
+        request = self._requests.get(shape)
+        if request is None:
+            start = time.perf_counter()
+            request = self._requests[shape] = self._compiled(batch).create_infer_request()
+            self.compile_seconds += time.perf_counter() - start
+        # OpenVINO reads the input where it lies (contiguous float32); the output is copied out of the
+        # request's buffer because the next call overwrites it
+        request.infer({0: batch.detach().cpu().contiguous().numpy()})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 def make_forward(model: torch.nn.Module, device: torch.device, runtime: str | None = None) -> Forward:
@@ -132,15 +163,25 @@ def make_forward(model: torch.nn.Module, device: torch.device, runtime: str | No
         warnings.warn(f"OpenVINO unavailable ({exc}); running the network with PyTorch")
         return model
 
-    def guarded(batch: torch.Tensor) -> torch.Tensor:
-        nonlocal forward
-        if forward is model:
-            return model(batch)
+    return _Guarded(model, forward)
+
+
+class _Guarded:
+    """OpenVINO, falling back to the PyTorch network for good if OpenVINO cannot run it."""
+
+    def __init__(self, model: torch.nn.Module, forward: OpenVinoForward):
+        self.model, self.forward, self.openvino = model, forward, forward
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.openvino.compile_seconds
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.forward is self.model:
+            return self.model(batch)
         try:
-            return forward(batch)
+            return self.forward(batch)
         except Exception as exc:  # conversion of an unusual network failed: PyTorch still works
             warnings.warn(f"OpenVINO could not run this network ({type(exc).__name__}: {exc}); using PyTorch")
-            forward = model
-            return model(batch)
-
-    return guarded
+            self.forward = self.model
+            return self.model(batch)

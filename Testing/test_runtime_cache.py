@@ -1,0 +1,55 @@
+"""The compiled OpenVINO network is kept per process: compiled once, shared safely across threads."""
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from e2miseg import runtime
+from e2miseg.runtime import make_forward
+
+pytest.importorskip("openvino", reason="openvino not installed: the CPU runtime falls back to PyTorch")
+
+
+def small_net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
+
+
+def test_second_predictor_reuses_the_compiled_network_and_threads_share_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    compiles = []
+    original = runtime.OpenVinoForward._compile
+    monkeypatch.setattr(runtime.OpenVinoForward, "_compile", lambda self, batch: compiles.append(tuple(batch.shape)) or original(self, batch))
+    net = small_net(0)
+    batch = torch.randn(2, 1, 8, 8, 8)
+    with torch.inference_mode():
+        expected = net(batch)
+    first = make_forward(net, torch.device("cpu"), "openvino")
+    torch.testing.assert_close(first(batch), expected, atol=1e-4, rtol=1e-4)
+    second = make_forward(net, torch.device("cpu"), "openvino")
+    torch.testing.assert_close(second(batch), expected, atol=1e-4, rtol=1e-4)
+    assert compiles == [(2, 1, 8, 8, 8)]  # the second predictor found it compiled
+    assert first.compile_seconds > 0
+
+    inputs = [batch * (i + 1) for i in range(6)]
+    with torch.inference_mode():
+        wanted = [net(x) for x in inputs]
+    forwards = [make_forward(net, torch.device("cpu"), "openvino") for _ in range(3)]
+
+    def two_calls(index: int) -> list[torch.Tensor]:  # one predictor per thread, as in a Slicer session
+        return [forwards[index](inputs[index]), forwards[index](inputs[index + 3])]
+
+    with warnings.catch_warnings(), ThreadPoolExecutor(3) as pool:
+        warnings.simplefilter("error")  # a fallback to PyTorch would hide a sharing problem
+        calls = list(pool.map(two_calls, range(3)))
+    got = [calls[i][0] for i in range(3)] + [calls[i][1] for i in range(3)]
+    for result, target in zip(got, wanted):
+        torch.testing.assert_close(result, target, atol=1e-4, rtol=1e-4)
+    assert len(compiles) == 1
+
+    other = small_net(1)  # other weights: their own compilation
+    make_forward(other, torch.device("cpu"), "openvino")(batch)
+    assert len(compiles) == 2
