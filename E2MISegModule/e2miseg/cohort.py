@@ -50,7 +50,15 @@ def find_cases(folder: Path) -> dict[str, list[Path]]:
 
 
 def shard(names: list[str]) -> tuple[list[str], int, int]:
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """This process's share of ``names`` under ``torchrun`` (RANK, WORLD_SIZE): every WORLD_SIZE-th
+    case from the RANK-th, so the ranks' shares are disjoint and together hold every case."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        rank = world = -1
+    if world < 1 or not 0 <= rank < world:
+        raise E2MISegError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} do not describe a "
+                           f"rank of a job; start shards with torchrun or set 0 <= RANK < WORLD_SIZE")
     return names[rank::world], rank, world
 
 

@@ -375,16 +375,34 @@ def write_labelmap(label: sitk.Image, path: str | os.PathLike) -> None:
         sitk.WriteImage(label, str(tmp), useCompression=True)
 
 
+def label_boxes(voxels: np.ndarray, values: list[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Bounding box of each label value (None if absent): one comparison per value and reductions
+    onto the axes, narrowed to the slices that hold the value. (scipy.ndimage.find_objects does it
+    in one pass but takes one to two seconds to import, longer than a small case takes to segment.)"""
+    boxes: dict[int, tuple[slice, ...] | None] = {}
+    for value in values:
+        mask = voxels == value
+        first = np.flatnonzero(mask.any(axis=tuple(range(1, mask.ndim))))
+        if first.size == 0:
+            boxes[value] = None
+            continue
+        sub = mask[first[0]:first[-1] + 1]
+        box = [slice(int(first[0]), int(first[-1]) + 1)]
+        for axis in range(1, mask.ndim):
+            hits = np.flatnonzero(sub.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+            box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        boxes[value] = tuple(box)
+    return boxes
+
+
 def segmentation_dict(label: sitk.Image, card: dict[str, Any]) -> dict[str, Any]:
     """A slicerio segmentation (one layer, one segment per model label) on the label image's grid."""
-    from scipy.ndimage import find_objects
-
     voxels_kji = sitk.GetArrayViewFromImage(label)
-    extents = find_objects(voxels_kji)  # one pass for all labels instead of one np.nonzero per label
+    boxes = label_boxes(voxels_kji, [entry["value"] for entry in card["labels"]])
     segments = []
     for entry in card["labels"]:
         value = entry["value"]
-        box = extents[value - 1] if value - 1 < len(extents) else None
+        box = boxes[value]
         # slicerio's extent is in (i, j, k) order; the array is (k, j, i)
         extent = [0, -1, 0, -1, 0, -1] if box is None else [
             box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1, box[0].start, box[0].stop - 1]
