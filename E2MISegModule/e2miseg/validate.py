@@ -11,10 +11,13 @@ from .card import num_classes
 from .errors import InputImageError, ResourceError
 from .io import ImageHeader, header_of, read_channels, read_header
 
-# Bytes per voxel the pipeline holds at its peak, per class and per channel (float32 buffers),
-# used to refuse a job up front rather than die half-way through it.
-_BYTES_PER_CLASS_VOXEL = 4 * 2
-_BYTES_PER_CHANNEL_VOXEL = 4 * 3
+# What the pipeline holds at its peak, used to refuse a job up front rather than die half-way
+# through it: per network-grid voxel and channel, the float32 input and a slab's temporaries;
+# per class, a float32 band of slices (stitching is slab-wise, never a whole volume per class);
+# a fixed allowance for the slab temporaries of resampling and labelling.
+_BYTES_PER_CHANNEL_VOXEL = 4 * 2
+_BYTES_PER_CLASS_BAND_VOXEL = 4 * 2
+_SLAB_ALLOWANCE = 192 << 20
 
 
 def available_memory_bytes() -> int:
@@ -27,17 +30,20 @@ def available_memory_bytes() -> int:
 
 
 def estimate_peak_bytes(shape_zyx: tuple[int, ...], channels: int, classes: int,
-                        native_shape_zyx: tuple[int, ...] | None = None, input_bytes_per_voxel: int = 0) -> int:
+                        native_shape_zyx: tuple[int, ...] | None = None, input_bytes_per_voxel: int = 0,
+                        band_slices: int | None = None) -> int:
     """Peak bytes of a job: network-grid buffers, plus (when given) the input held on its native grid.
 
-    On the native grid the pipeline holds the input voxels as stored, one float64 normalisation copy
-    and the running argmax of the labels (two float32 arrays and two uint8 arrays).
+    Class probabilities live in a band of ``band_slices`` network slices (the whole depth if not
+    given); on the native grid the pipeline holds the input voxels as stored and the uint8 labels
+    (twice while they become an image, and once more while a .seg.nrrd is written).
     """
     voxels = int(np.prod(shape_zyx, dtype=np.int64))
-    needed = voxels * (classes * _BYTES_PER_CLASS_VOXEL + channels * _BYTES_PER_CHANNEL_VOXEL)
+    band = voxels if band_slices is None else voxels // max(1, shape_zyx[0]) * min(band_slices, shape_zyx[0])
+    needed = voxels * channels * _BYTES_PER_CHANNEL_VOXEL + band * classes * _BYTES_PER_CLASS_BAND_VOXEL + _SLAB_ALLOWANCE
     if native_shape_zyx is not None:
         native = int(np.prod(native_shape_zyx, dtype=np.int64))
-        needed += native * (input_bytes_per_voxel + 8 + 2 * 4 + 2)
+        needed += native * (input_bytes_per_voxel + 3)
     return needed
 
 
@@ -72,7 +78,11 @@ def check_memory(headers: Sequence[ImageHeader], card: dict[str, Any], memory_li
     first = headers[0]
     shape = _network_shape(first.size_xyz, first.spacing_xyz, card) or (1, 1, 1)
     input_bytes = sum(h.bytes_per_component * (h.components if h.dimension < 4 else h.size[3] * h.components) for h in headers)
-    needed = estimate_peak_bytes(shape, len(card["channels"]), num_classes(card), tuple(first.size_xyz[::-1]), input_bytes)
+    settings = card["inference"]
+    # 3D windows stitch in a band about two patches deep; 2D/2.5D models hold a few slices at a time
+    band = 2 * settings["patch_size_zyx"][0] if settings["kind"] == "3d" else 4 * settings.get("batch_size", 1) * 2
+    needed = estimate_peak_bytes(shape, len(card["channels"]), num_classes(card), tuple(first.size_xyz[::-1]), input_bytes,
+                                 band_slices=band)
     limit = memory_limit if memory_limit is not None else memory_limit_bytes()
     if needed > limit:
         raise ResourceError(f"this volume needs about {_size(needed)} of memory but {_size(limit)} is available; "
