@@ -23,6 +23,10 @@ from .runtime import make_forward
 from .tiling import gaussian_weights, pad_to_at_least, pad_to_multiple, slice_stack_indices, window_grid
 
 
+# Finalised slices go to the sink at most this many at a time (a slab of probabilities per call).
+_EMIT_SLICES = 16
+
+
 @dataclass
 class InferenceOptions:
     device: str = "auto"
@@ -172,10 +176,11 @@ class Predictor:
     def _emit(accumulated: torch.Tensor, weight_sum: torch.Tensor, base: int, final: int, crop: tuple[slice, ...], sink) -> None:
         """Hand the band's slices [base, final) (padded z) to the sink, then shift the band."""
         first, last = max(base, crop[0].start), min(final, crop[0].stop)
-        if last > first:
-            band = (slice(first - base, last - base),) + crop[1:]
+        for start in range(first, last, _EMIT_SLICES):  # the last flush is a whole band: hand it over in parts
+            stop = min(start + _EMIT_SLICES, last)
+            band = (slice(start - base, stop - base),) + crop[1:]
             slab = accumulated[(slice(None),) + band] / weight_sum[band][None]
-            sink.add(first - crop[0].start, slab.cpu().numpy())
+            sink.add(start - crop[0].start, slab.cpu().numpy())
         shift = final - base
         rest = accumulated.shape[1] - shift
         for index in range(max(rest, 0)):  # slice by slice, front to back: no band-sized temporary

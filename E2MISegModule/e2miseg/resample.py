@@ -165,17 +165,9 @@ def blend(low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.
     return high.add_(low)
 
 
-def pass_order(source_shape: Sequence[int], target_shape: Sequence[int], first: int | None = None) -> list[int]:
-    """Dimensions in the order that keeps intermediate blocks smallest (shrinking axes first).
-
-    ``first`` is forced to the front: the slab axis, whose extent is small in every block.
-    """
-    dims = list(range(len(source_shape)))
-    ordered = sorted(dims, key=lambda d: target_shape[d] / max(1, source_shape[d]))
-    if first is not None:
-        ordered.remove(first)
-        ordered.insert(0, first)
-    return ordered
+def pass_order(source_shape: Sequence[int], target_shape: Sequence[int]) -> list[int]:
+    """Dimensions in the order that keeps intermediate blocks smallest (shrinking axes first)."""
+    return sorted(range(len(source_shape)), key=lambda d: target_shape[d] / max(1, source_shape[d]))
 
 
 def slab_length(plane_voxels: int, bytes_per_voxel: int, budget_bytes: int) -> int:
