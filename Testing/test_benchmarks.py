@@ -89,3 +89,13 @@ def test_results_record_the_machine(tmp_path):
     text = md_path.read_text()
     assert text.startswith("# demo") and info["cpu"] in text and "a note" in text
     assert ("quiet machine" in text) == info["quiet"]
+
+
+def test_child_peak_memory_is_its_own(tmp_path):
+    """A child forked from a big parent reports its own peak, not the parent's (ru_maxrss survives exec)."""
+    import subprocess
+
+    ballast = np.ones(200 * 1024 * 1024 // 8)  # 200 MB resident in this process
+    code = f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import inference_vs_monai as m; print(m.peak_rss_mb())"
+    child_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child_mb < 150 and ballast.sum() > 0

@@ -374,8 +374,22 @@ def resolve_model(name_or_path: str) -> tuple[str, dict]:
 def child(args) -> None:
     runner = run_e2miseg if args.child == "e2miseg" else run_monai
     result = runner(args.model, args.image, args.out, args.threads)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since exec.
+
+    VmHWM, not ``getrusage().ru_maxrss``: Linux carries ru_maxrss over execve, so a child forked from
+    a big parent (the harness, after making the CT volume) would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(pipeline: str, model: str, image: str, out: str, threads: int, env: dict) -> dict:
