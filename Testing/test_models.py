@@ -203,3 +203,23 @@ def test_ehanet_loads_encoder_weights_and_freezes(tmp_path):
     assert not any(p.requires_grad for p in model.encoder.parameters())
     torch.testing.assert_close(model.encoder.conv_1[0].weight, donor.encoder.conv_1[0].weight)
     assert model.config["encoder_weights"] is None and model.config["freeze_encoder"] is True
+
+
+def test_channel_layer_norm_traced_form_equals_eager():
+    """The traced (OpenVINO) form normalises along axis 1 directly; it must equal the LayerNorm form."""
+    from e2miseg.models.blocks import ChannelLayerNorm
+
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(11)
+    with torch.no_grad():
+        norm.norm.weight.uniform_(0.5, 1.5)
+        norm.norm.bias.uniform_(-0.5, 0.5)
+    x = 3 * torch.randn(2, 11, 5, 6, 7) + 1
+    eager = norm(x)
+    traced = torch.jit.trace(norm, x, check_trace=False)(x)
+    assert torch.allclose(traced, eager, atol=1e-5)
+    # with the identity affine every voxel comes out with zero mean and unit variance over channels
+    plain = ChannelLayerNorm(11)
+    out = torch.jit.trace(plain, x, check_trace=False)(x)
+    assert torch.allclose(out.mean(1), torch.zeros(2, 5, 6, 7), atol=1e-5)
+    assert torch.allclose(out.var(1, unbiased=False), torch.ones(2, 5, 6, 7), atol=1e-3)

@@ -54,10 +54,15 @@ def resolve_runtime(name: str | None, device: torch.device) -> str:
     return name
 
 
+# Bumped whenever the traced graph of a network changes for the same weights (e.g. a rewritten layer),
+# so that IRs converted by an older engine are not reused.
+GRAPH_VERSION = 2
+
+
 def weights_key(model: torch.nn.Module) -> str:
-    """A short hash of the architecture settings and weights, to key the conversion cache."""
+    """A short hash of the graph version, architecture settings and weights, to key the conversion cache."""
     known = getattr(model, "weights_sha256", None)
-    digest = hashlib.sha256((known or "").encode())
+    digest = hashlib.sha256(f"graph{GRAPH_VERSION}:{known or ''}".encode())
     digest.update(repr(getattr(model, "config", type(model).__name__)).encode())
     if not known:
         for name, tensor in model.state_dict().items():
