@@ -75,3 +75,26 @@ def test_runtime_choice():
         resolve_runtime("tensorrt", torch.device("cpu"))
     with pytest.raises(E2MISegError, match="CPU only"):
         resolve_runtime("openvino", torch.device("cuda"))
+
+
+def test_channel_norm_becomes_one_mvn_for_openvino_only(small_model, tmp_path, monkeypatch):
+    """OpenVINO gets the MFGA channel LayerNorms as MVN over axis 1; a TorchScript trace has no custom op."""
+    from e2miseg.models.blocks import ChannelLayerNorm
+    from e2miseg.runtime import OpenVinoForward
+
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    norms = sum(isinstance(m, ChannelLayerNorm) for m in small_model.modules())
+    assert norms > 0
+    example = torch.randn(1, 1, *small_e2miseg_config()["patch_size"])
+    OpenVinoForward(small_model)(example)
+    ir = openvino.Core().read_model(next((tmp_path / "openvino").glob("*.xml")))
+    channel_mvns = 0
+    for op in ir.get_ordered_ops():
+        if op.get_type_name() == "MVN":
+            axes = op.input_value(1).get_node()
+            if axes.get_type_name() == "Constant" and list(axes.get_data()) == [1]:
+                channel_mvns += 1
+    assert channel_mvns >= norms  # every ChannelLayerNorm (others may be InstanceNorms over one axis too)
+
+    traced = torch.jit.trace(small_model, example, check_trace=False)
+    assert "e2miseg::" not in str(traced.inlined_graph)  # exported files need nothing from this package

@@ -56,7 +56,7 @@ def resolve_runtime(name: str | None, device: torch.device) -> str:
 
 # Bumped whenever the traced graph of a network changes for the same weights (e.g. a rewritten layer),
 # so that IRs converted by an older engine are not reused.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 
 def weights_key(model: torch.nn.Module) -> str:
@@ -69,6 +69,28 @@ def weights_key(model: torch.nn.Module) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _channel_layer_norm_to_mvn(context):
+    """``e2miseg::channel_layer_norm`` (models/traced_ops.py) as OpenVINO's MVN over axis 1 + affine."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    x, weight, bias = context.get_input(0), context.get_input(1), context.get_input(2)
+    eps = float(context.get_values_from_const_input(3))
+    rank = x.get_partial_shape().rank.get_length()
+    per_channel = ops.constant(np.array([0] + list(range(2, rank)), np.int64))  # (C,) -> (1, C, 1, ...)
+    normalised = ops.mvn(x, ops.constant(np.array([1], np.int64)), True, eps, "inside_sqrt")
+    scaled = ops.multiply(normalised, ops.unsqueeze(weight, per_channel))
+    return [ops.add(scaled, ops.unsqueeze(bias, per_channel)).output(0)]
+
+
+def _conversion_extensions() -> list:
+    from openvino.frontend import ConversionExtension
+
+    from .models.traced_ops import OP_NAME
+
+    return [ConversionExtension(OP_NAME, _channel_layer_norm_to_mvn)]
 
 
 # Compiled networks of this process, shared by every predictor: compiling, even from OpenVINO's
@@ -105,11 +127,14 @@ class OpenVinoForward:
 
     def _convert(self, example: torch.Tensor, path: Path):
         ov = self._ov
+        from .models.traced_ops import as_custom_ops
+
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape checks are expected
             # tracing first and converting the traced graph is ~2x quicker than converting the module
-            traced = torch.jit.trace(self._model, example, check_trace=False)
-            converted = ov.convert_model(traced)
+            with as_custom_ops():
+                traced = torch.jit.trace(self._model, example, check_trace=False)
+            converted = ov.convert_model(traced, extension=_conversion_extensions())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.xml")
         ov.save_model(converted, tmp, compress_to_fp16=False)  # keep fp32 weights: results match PyTorch
