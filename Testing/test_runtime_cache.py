@@ -22,7 +22,9 @@ def test_second_predictor_reuses_the_compiled_network_and_threads_share_it(tmp_p
     monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
     compiles = []
     original = runtime.OpenVinoForward._compile
-    monkeypatch.setattr(runtime.OpenVinoForward, "_compile", lambda self, batch: compiles.append(tuple(batch.shape)) or original(self, batch))
+    monkeypatch.setattr(runtime.OpenVinoForward, "_compile",
+                        lambda self, shape, streams: compiles.append((shape, streams)) or original(self, shape, streams))
+    streams = min(torch.get_num_threads(), 2)  # a batch of 2 runs as one stream per thread
     net = small_net(0)
     batch = torch.randn(2, 1, 8, 8, 8)
     with torch.inference_mode():
@@ -31,7 +33,7 @@ def test_second_predictor_reuses_the_compiled_network_and_threads_share_it(tmp_p
     torch.testing.assert_close(first(batch), expected, atol=1e-4, rtol=1e-4)
     second = make_forward(net, torch.device("cpu"), "openvino")
     torch.testing.assert_close(second(batch), expected, atol=1e-4, rtol=1e-4)
-    assert compiles == [(2, 1, 8, 8, 8)]  # the second predictor found it compiled
+    assert compiles == [((2 // streams, 1, 8, 8, 8), streams)]  # the second predictor found it compiled
     assert first.compile_seconds > 0
 
     inputs = [batch * (i + 1) for i in range(6)]
@@ -53,3 +55,18 @@ def test_second_predictor_reuses_the_compiled_network_and_threads_share_it(tmp_p
     other = small_net(1)  # other weights: their own compilation
     make_forward(other, torch.device("cpu"), "openvino")(batch)
     assert len(compiles) == 2
+
+
+def test_batches_split_across_streams_give_the_whole_batch_result(tmp_path, monkeypatch):
+    """Uneven splits (3 windows on 2 streams: 2 + 1) and a single window come back in order, unchanged."""
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    net = small_net(2)
+    forward = runtime.OpenVinoForward(net, threads=2)
+    for size in (3, 2, 1, 4):
+        batch = torch.randn(size, 1, 8, 8, 8)
+        with torch.inference_mode():
+            expected = net(batch)
+        torch.testing.assert_close(forward(batch), expected, atol=1e-4, rtol=1e-4)
+    # 3 -> chunks of 2 and 1 (2 streams), 2 -> 1 + 1, 1 -> one stream, 4 -> 2 + 2
+    assert sorted(forward._requests) == sorted([((2, 1, 8, 8, 8), 2, 0), ((1, 1, 8, 8, 8), 2, 1), ((1, 1, 8, 8, 8), 2, 0),
+                                                ((1, 1, 8, 8, 8), 1, 0), ((2, 1, 8, 8, 8), 2, 1)])

@@ -136,10 +136,10 @@ def _instrument_engine(engine_inference, clock: dict):
         OpenVinoForward = None
     compile_original = getattr(OpenVinoForward, "_compile", None)
     if compile_original is not None:
-        def timed_compile(self, batch):
+        def timed_compile(self, *args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return compile_original(self, batch)
+                return compile_original(self, *args, **kwargs)
             finally:
                 clock["setup"] += time.perf_counter() - t0
 
@@ -548,7 +548,7 @@ def main() -> None:
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--e2miseg-model", default="e2miseg-hippocampus", help="3D checkpoint (store name or path)")
-    parser.add_argument("--ehanet-model", default=str(ROOT / "runs/ehanet-acdc/best.safetensors"), help="2D checkpoint")
+    parser.add_argument("--ehanet-model", default="ehanet-acdc", help="2D checkpoint (store name or path)")
     parser.add_argument("--s2anet-model", default="s2anet-leftatrium", help="2.5D checkpoint")
     parser.add_argument("--run", nargs="+", action="append", metavar=("MODEL", "IMAGE"),
                         help="extra job: a checkpoint and one or more volumes (repeatable)")

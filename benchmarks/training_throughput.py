@@ -34,11 +34,12 @@ sys.path.insert(0, str(ROOT / "training"))
 
 # The bundled/ongoing runs' settings (training/README.md), so the measured loop is the one in use.
 JOBS = {
-    "e2miseg": {"plan": "runs/plans/e2miseg-hippocampus.json", "config": {"dropout": 0.0}, "batch_size": 2,
-                "lr": 2e-3, "patch": None},
-    "s2anet": {"plan": "runs/plans/s2anet-leftatrium.json", "config": {"width_scale": 4, "dropout": 0.1}, "batch_size": 8,
-               "lr": 1e-3, "patch": None},
-    "ehanet": {"plan": "runs/plans/ehanet-acdc.json", "config": {}, "batch_size": 4, "lr": 1e-3, "patch": [128, 128]},
+    "e2miseg": {"plan": "runs/plans/e2miseg-hippocampus.json", "dataset": "Task04_Hippocampus", "config": {"dropout": 0.0},
+                "batch_size": 2, "lr": 2e-3, "patch": None},
+    "s2anet": {"plan": "runs/plans/s2anet-leftatrium.json", "dataset": "LeftAtrium2018",
+               "config": {"width_scale": 4, "dropout": 0.1}, "batch_size": 8, "lr": 1e-3, "patch": None},
+    "ehanet": {"plan": "runs/plans/ehanet-acdc.json", "dataset": "ACDC", "config": {}, "batch_size": 4, "lr": 1e-3,
+               "patch": [128, 128]},
 }
 WEIGHT_DECAY = 1e-4
 
@@ -122,6 +123,24 @@ def child_plain(plan_path: str, job: dict, args, stamps: str) -> None:
 
 # --------------------------------------------------------------------------- harness
 
+def plan_for(key: str, folder: Path) -> Path:
+    """The training runs' plan (runs/plans, made by training/README.md's commands), or, on a fresh clone
+    where runs/ is empty, the same plan made now with ``e2miseg-train plan``."""
+    job = JOBS[key]
+    source = ROOT / job["plan"]
+    if source.is_file():
+        return source
+    from bench_common import SHARED
+    from e2miseg_train.cli import main as train_cli
+
+    made = folder / Path(job["plan"]).name
+    code = train_cli(["plan", str(SHARED / job["dataset"]), "--arch", key, "--name", Path(job["plan"]).stem,
+                      "--out", str(made)])
+    if code or not made.is_file():
+        raise SystemExit(f"could not plan {job['dataset']} (is ../shared/data there?)")
+    return made
+
+
 def subset_plan(source: Path, cases: int, folder: Path) -> Path:
     """The plan with ``cases`` training cases and one validation case (throughput does not need more)."""
     plan = json.loads(source.read_text(encoding="utf-8"))
@@ -186,7 +205,7 @@ def main() -> None:
         args.cache_dir = args.cache_dir or str(tmp / "cache")  # filled by the first process of each architecture
         for key in args.only.split(","):
             job = JOBS[key]
-            plan = subset_plan(ROOT / job["plan"], args.cases, tmp)
+            plan = subset_plan(plan_for(key, tmp), args.cases, tmp)
             runs = {"fit": [], "plain": []}
             for pair in range(args.pairs):
                 order = ("fit", "plain") if pair % 2 == 0 else ("plain", "fit")
