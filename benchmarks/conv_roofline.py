@@ -133,7 +133,7 @@ def default_models(only: set[str], volumes: int) -> list[tuple[str, list[str]]]:
 
     chosen = {
         "e2miseg": ("e2miseg-hippocampus", "Task04_Hippocampus"),
-        "ehanet": (str(ROOT / "runs/ehanet-acdc/best.safetensors"), "ACDC"),
+        "ehanet": ("ehanet-acdc", "ACDC"),
         "s2anet": ("s2anet-leftatrium", "LeftAtrium2018"),
     }
     return [(model, [str(p) for p, _ in validation_cases(dataset)[:volumes]])
