@@ -201,6 +201,14 @@ def voxel_agreement(a: Path, b: Path) -> float:
     return float(np.mean(first == second))
 
 
+def _training_jobs() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_common import busy_processes
+
+    busy = busy_processes()
+    return f"{len(busy)} training job(s) running: timings not representative" if busy else "no training job running"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", help="git revision whose engine is measured as well")
@@ -278,7 +286,8 @@ def main() -> None:
     lines += ["", f"API run of the current engine: peak RSS {api['peak_rss_bytes'] / 1e9:.2f} GB; seconds per stage:", "",
               "| " + " | ".join(stages) + " |", "|" + "---|" * len(stages), "| " + " | ".join(f"{v:.1f}" for v in stages.values()) + " |",
               "", f"Machine: {machine['processor']}, {machine['cpus']} CPUs, {args.threads} thread(s), "
-              f"load average {machine['load_average'][0]:.1f} (shared with training jobs).", ""]
+              f"load average {machine['load_average'][0]:.1f} at the end (this benchmark's own runs included); "
+              f"{_training_jobs()}.", ""]
     (RESULTS / "memory_ct.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 

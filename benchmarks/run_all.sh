@@ -17,6 +17,7 @@ fi
 "$PY" benchmarks/inference_vs_monai.py --threads "$THREADS" --pairs "${PAIRS:-3}" ${IVM_ARGS:-}
 "$PY" benchmarks/conv_roofline.py --threads "$THREADS" ${ROOFLINE_ARGS:-}
 "$PY" benchmarks/training_throughput.py --threads "$THREADS" --iterations "${ITERATIONS:-40}" --pairs "${TRAIN_PAIRS:-2}" ${TRAIN_ARGS:-}
+"$PY" benchmarks/quote_in_readme.py   # the README quotes these tables (and memory_ct's) verbatim
 for name in inference_vs_monai conv_roofline training_throughput; do
     echo; cat "benchmarks/results/$name.md"
 done
