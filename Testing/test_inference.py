@@ -107,3 +107,17 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_predictor_puts_the_model_in_eval_mode_without_moving_a_ready_one(monkeypatch):
+    """A model left in training mode is switched to eval (dropout off); one already on the device in eval
+    mode is not walked again with .to() on every prediction (a cohort or Slicer session reuses it)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.Dropout(0.9)).train()
+    card = validate_card(make_card(kind="3d", patch=(4, 4, 4), batch_size=2, labels=[{"value": 1, "name": "a", "color": [1, 0, 0]}]))
+    volume = np.random.default_rng(0).normal(size=(1, 6, 6, 6)).astype(np.float32)
+    first = Predictor(net, card, InferenceOptions(device="cpu", runtime="torch")).predict(volume)
+    assert not net.training and not any(m.training for m in net.modules())
+    monkeypatch.setattr(net, "to", lambda *a, **k: (_ for _ in ()).throw(AssertionError("moved again")))
+    again = Predictor(net, card, InferenceOptions(device="cpu", runtime="torch")).predict(volume)
+    np.testing.assert_array_equal(first, again)  # deterministic: dropout is off
