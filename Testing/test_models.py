@@ -24,6 +24,7 @@ E2MISEG_VARIANTS = {
     "brats": dict(cnn_bn=False, n_refine=1, shared_token_proj="matrix", fuse="sum"),
     "mcl": dict(cnn_bn=False, n_refine=1, shared_token_proj="linear"),
     "original": dict(qk_source="linear"),
+    "instance": dict(block_norm="instance"),
 }
 
 
@@ -164,6 +165,25 @@ def test_s2anet_variant_counts():
         assert abs(n - n_ref) / n_ref < 0.01
 
 
+def test_e2miseg_instance_block_norm_is_per_sample_and_validated():
+    """block_norm="instance" replaces every BatchNorm of the HFR blocks, so in train mode a
+    sample's output no longer depends on the other samples of its batch (it does with "batch")."""
+    x = torch.randn(INPUT_SHAPE["e2miseg"])
+    outputs = {}
+    for norm in ("batch", "instance"):
+        model = small_model("e2miseg", block_norm=norm).train()
+        model.apply(lambda m: setattr(m, "p", 0.0) if isinstance(m, torch.nn.modules.dropout._DropoutNd) else None)
+        has_bn = any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+        assert has_bn == (norm == "batch")
+        with torch.no_grad():
+            together = model(x)[0][:1]
+            alone = model(x[:1])[0]
+        outputs[norm] = (together - alone).abs().max().item()
+    assert outputs["instance"] < 1e-5 < outputs["batch"]
+    with pytest.raises(ValueError, match="block_norm must be one of"):
+        small_model("e2miseg", block_norm="layer")
+
+
 def _targets(name: str, x: torch.Tensor) -> torch.Tensor:
     k = SMALL[name]["num_classes"]
     g = torch.Generator().manual_seed(1)
@@ -172,6 +192,7 @@ def _targets(name: str, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name,overrides", [
     ("e2miseg", {}), ("e2miseg", E2MISEG_VARIANTS["brats"]), ("e2miseg", E2MISEG_VARIANTS["mcl"]),
+    ("e2miseg", E2MISEG_VARIANTS["instance"]),
     ("ehanet", {}), ("s2anet", {}),
 ])
 def test_gradients_reach_every_trainable_parameter(name, overrides):

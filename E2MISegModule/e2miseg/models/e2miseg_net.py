@@ -50,6 +50,7 @@ class E2MISegNet(nn.Module):
         shared_token_proj: bool | str = False,
         fuse: str = "concat_proj",
         dilations: Sequence[int] = DEFAULT_DILATIONS,
+        block_norm: str = "batch",
     ) -> None:
         super().__init__()
         patch, stem = as_tuple3(patch_size), as_tuple3(stem_kernel)
@@ -71,6 +72,7 @@ class E2MISegNet(nn.Module):
             "feature_size": int(feature_size), "dropout": float(dropout), "qk_source": qk_source,
             "cnn_bn": bool(cnn_bn), "n_refine": int(n_refine),
             "shared_token_proj": shared_token_proj, "fuse": fuse, "dilations": list(dilations),
+            "block_norm": block_norm,
         }
         normalise_shared_token_proj(shared_token_proj)  # validate early
         self.in_channels = int(in_channels)
@@ -78,7 +80,8 @@ class E2MISegNet(nn.Module):
         self.required_input_size: tuple[int, int, int] | None = patch
         self.token_grids = grids
         hfr = dict(num_heads=num_heads, dropout=dropout, qk_source=qk_source, cnn_bn=cnn_bn,
-                   n_refine=n_refine, shared_token_proj=shared_token_proj, fuse=fuse)
+                   n_refine=n_refine, shared_token_proj=shared_token_proj, fuse=fuse,
+                   block_norm=block_norm)
         c0, c1, c2, c3 = dims
 
         # Encoder: patchify stem + three 2x downsamplings, each followed by an HFR stack.

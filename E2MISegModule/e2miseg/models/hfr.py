@@ -10,10 +10,15 @@ switch                 ACDC (default)   BraTS           MCL
 ``n_refine``           2                1               1
 ``shared_token_proj``  False            ``"matrix"``    ``"linear"``
 ``fuse``               ``"concat_proj"``  ``"sum"``     ``"concat_proj"``
+``block_norm``         ``"batch"``      ``"batch"``     ``"batch"``
 =====================  ===============  ==============  ==============
 
 ``qk_source="linear"`` gives the original (Aug-2024) variant: plain UNETR++ EPA attention with the
 CNN branch running in parallel and added before the output projection.
+
+``block_norm="instance"`` is not in the reference: it swaps the BatchNorms of the CNN branch and
+the refinement ResBlocks for per-sample InstanceNorm, for training with batches of one or two
+small patches (CPU budgets), where batch statistics are noisy and differ from the running ones.
 """
 from __future__ import annotations
 
@@ -23,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResidualConvBlock
+from .blocks import ResidualConvBlock, make_norm
 
 QK_SOURCES = ("cnn", "linear")
 FUSE_MODES = ("concat_proj", "sum")
+BLOCK_NORMS = ("batch", "instance")
 
 
 def normalise_shared_token_proj(value: bool | str) -> str:
@@ -57,18 +63,19 @@ class TokenProjection(nn.Module):
 
 
 class CNNBranch(nn.Module):
-    """Two full 3x3x3 convs C->C with LeakyReLU; with ``use_bn`` also BN and a residual.
+    """Two full 3x3x3 convs C->C with LeakyReLU; with ``use_bn`` also a norm and a residual.
 
-    Its output M provides query and key of the attention in the interactive variant.
+    Its output M provides query and key of the attention in the interactive variant. The norm is
+    BatchNorm (spec) or, with ``norm="instance"``, per-sample InstanceNorm.
     """
 
-    def __init__(self, channels: int, use_bn: bool) -> None:
+    def __init__(self, channels: int, use_bn: bool, norm: str = "batch") -> None:
         super().__init__()
         self.use_bn = use_bn
         self.conv1 = nn.Conv3d(channels, channels, 3, padding=1, bias=not use_bn)
         self.conv2 = nn.Conv3d(channels, channels, 3, padding=1, bias=not use_bn)
-        self.norm1: nn.Module = nn.BatchNorm3d(channels) if use_bn else nn.Identity()
-        self.norm2: nn.Module = nn.BatchNorm3d(channels) if use_bn else nn.Identity()
+        self.norm1: nn.Module = make_norm(norm, channels) if use_bn else nn.Identity()
+        self.norm2: nn.Module = make_norm(norm, channels) if use_bn else nn.Identity()
         self.act = nn.LeakyReLU(0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +166,11 @@ class HFRBlock(nn.Module):
         n_refine: int = 2,
         shared_token_proj: bool | str = False,
         fuse: str = "concat_proj",
+        block_norm: str = "batch",
     ) -> None:
         super().__init__()
+        if block_norm not in BLOCK_NORMS:
+            raise ValueError(f"block_norm must be one of {BLOCK_NORMS}, got {block_norm!r}")
         if qk_source not in QK_SOURCES:
             raise ValueError(f"qk_source must be one of {QK_SOURCES}, got {qk_source!r}")
         if fuse not in FUSE_MODES:
@@ -168,7 +178,7 @@ class HFRBlock(nn.Module):
         if n_refine not in (1, 2):
             raise ValueError(f"n_refine must be 1 or 2, got {n_refine!r}")
         self.qk_source = qk_source
-        self.cnn = CNNBranch(channels, use_bn=cnn_bn)
+        self.cnn = CNNBranch(channels, use_bn=cnn_bn, norm=block_norm)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, channels))
         self.norm = nn.LayerNorm(channels)
         self.attention = PairedAttention(
@@ -176,7 +186,7 @@ class HFRBlock(nn.Module):
             normalise_shared_token_proj(shared_token_proj), fuse,
         )
         self.gamma = nn.Parameter(1e-6 * torch.ones(channels))  # layer scale: starts near identity
-        self.refine = nn.Sequential(*[ResidualConvBlock(channels, channels, "batch")
+        self.refine = nn.Sequential(*[ResidualConvBlock(channels, channels, block_norm)
                                       for _ in range(n_refine)])
         self.refine_out = nn.Sequential(nn.Dropout3d(0.1), nn.Conv3d(channels, channels, 1))
         self.out_conv = nn.Conv3d(channels, channels, 1, bias=False)
