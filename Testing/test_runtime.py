@@ -98,3 +98,67 @@ def test_channel_norm_becomes_one_mvn_for_openvino_only(small_model, tmp_path, m
 
     traced = torch.jit.trace(small_model, example, check_trace=False)
     assert "e2miseg::" not in str(traced.inlined_graph)  # exported files need nothing from this package
+
+
+# ----------------------------------------------------------------------------- precision (bfloat16)
+
+class _Prefers(torch.nn.Module):
+    prefers_bf16 = True
+
+
+def test_precision_choice(monkeypatch):
+    from e2miseg import runtime
+    from e2miseg.runtime import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("E2MISEG_PRECISION", raising=False)
+    for native in (True, False):
+        monkeypatch.setattr(runtime, "_NATIVE_BF16", native)
+        expected = "bf16" if native else "f32"
+        assert resolve_precision("auto", "openvino", cpu, _Prefers()) == expected
+        assert resolve_precision(None, "openvino", cpu, _Prefers()) == expected
+        # the network must ask for it (E2MISeg does not), and eager PyTorch stays fp32 unless told
+        assert resolve_precision("auto", "openvino", cpu, torch.nn.Identity()) == "f32"
+        assert resolve_precision("auto", "torch", cpu, _Prefers()) == "f32"
+        assert resolve_precision("f32", "openvino", cpu, _Prefers()) == "f32"
+        assert resolve_precision("bf16", "torch", cpu, torch.nn.Identity()) == "bf16"
+    with pytest.raises(E2MISegError, match="no native bfloat16 .*use --precision f32"):
+        resolve_precision("bf16", "openvino", cpu, _Prefers())
+    with pytest.raises(E2MISegError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", "openvino", cpu, _Prefers())
+    monkeypatch.setenv("E2MISEG_PRECISION", "f32")
+    monkeypatch.setattr(runtime, "_NATIVE_BF16", True)
+    assert resolve_precision(None, "openvino", cpu, _Prefers()) == "f32"
+
+
+def test_bf16_under_torch_autocast_gives_fp32_logits_close_to_fp32():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)).eval()
+    batch = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        reference = net(batch)
+        out = make_forward(net, torch.device("cpu"), "torch", "bf16")(batch)
+    assert out.dtype == torch.float32
+    assert not torch.equal(out, reference)  # it really ran in bfloat16 ...
+    torch.testing.assert_close(out, reference, atol=0.05, rtol=0.05)  # ... to bfloat16's accuracy
+
+
+def test_bundled_ehanet_in_bf16_gives_the_fp32_labels_on_a_real_cine_volume(tmp_path, monkeypatch):
+    """The accuracy check behind precision="auto": on a real ACDC volume the bundled EHANet's labels in
+    bfloat16 (OpenVINO, the CPU's native bf16) agree with fp32 on at least 99.8 % of the voxels."""
+    from conftest import shared_file
+    from e2miseg import api, runtime
+
+    if not runtime.native_bf16():
+        pytest.skip("this CPU has no native bfloat16: precision auto stays fp32 here")
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    image = shared_file("ACDC/imagesTr/patient006_frame01.nii.gz")
+    model, card = api.load_model("ehanet-acdc", "cpu")
+    labels = {}
+    for precision in ("f32", "auto"):
+        predictor = Predictor(model, card, InferenceOptions(device="cpu", runtime="openvino", precision=precision))
+        assert predictor.forward.precision == ("f32" if precision == "f32" else "bf16")
+        labels[precision] = api.predict([str(image)], model, card, device="cpu", runtime="openvino", precision=precision)
+    f32, bf16 = (np.asarray(__import__("SimpleITK").GetArrayFromImage(labels[p])) for p in ("f32", "auto"))
+    assert f32.any()  # the heart is found at all
+    assert (f32 == bf16).mean() >= 0.998  # 0.989 with normalisation and softmax in bfloat16 too

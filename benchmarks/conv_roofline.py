@@ -2,7 +2,10 @@
 
 1. Roof: a sweep of single 3D and 2D convolutions (3x3(x3), shapes and channel counts like the
    networks' stages, contiguous and channels-last) timed with eager PyTorch under
-   ``torch.inference_mode``; the best GFLOP/s is the machine's practical convolution limit for torch.
+   ``torch.inference_mode``, in fp32 and, on CPUs with native bfloat16, in bfloat16; the best GFLOP/s
+   per precision is the machine's practical convolution limit for torch in that precision. A network
+   is compared with the roof of the precision the engine runs it in (a bf16 network against fp32's
+   roof would flatter it).
 2. Networks: ``e2miseg.predict`` on real volumes with the engine's own runtime (OpenVINO on the CPU,
    the default) and with eager PyTorch; every network call is timed from outside the engine, and its
    FLOPs are counted once per batch shape with ``torch.utils.flop_counter.FlopCounterMode``
@@ -51,16 +54,26 @@ def time_call(fn, min_seconds: float, min_repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def conv_sweep(min_seconds: float) -> list[dict]:
+def conv_sweep(min_seconds: float, dtypes: tuple[str, ...] = ("f32",)) -> list[dict]:
     import torch
 
+    rows = []
+    for dtype in dtypes:
+        rows += _conv_sweep(min_seconds, dtype)
+    return rows
+
+
+def _conv_sweep(min_seconds: float, dtype: str) -> list[dict]:
+    import torch
+
+    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
     rows = []
     with torch.inference_mode():
         for dims, shapes in ((3, CONV3D_SHAPES), (2, CONV2D_SHAPES)):
             conv_cls = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
             for batch, cin, cout, spatial in shapes:
-                conv = conv_cls(cin, cout, 3, padding=1, bias=True).eval()
-                x = torch.randn(batch, cin, *spatial)
+                conv = conv_cls(cin, cout, 3, padding=1, bias=True).eval().to(torch_dtype)
+                x = torch.randn(batch, cin, *spatial, dtype=torch_dtype)
                 flops = 2 * batch * cout * cin * 3 ** dims * int(torch.tensor(spatial).prod())
                 formats = [("contiguous", torch.contiguous_format),
                            ("channels_last", torch.channels_last_3d if dims == 3 else torch.channels_last)]
@@ -68,10 +81,10 @@ def conv_sweep(min_seconds: float) -> list[dict]:
                     layer = conv.to(memory_format=fmt)
                     inp = x.contiguous(memory_format=fmt)
                     seconds = time_call(lambda: layer(inp), min_seconds)
-                    rows.append({"dims": dims, "batch": batch, "in": cin, "out": cout, "spatial": list(spatial),
+                    rows.append({"dtype": dtype, "dims": dims, "batch": batch, "in": cin, "out": cout, "spatial": list(spatial),
                                  "memory_format": fmt_name, "seconds": seconds, "gflops": flops / 1e9,
                                  "gflop_per_s": flops / seconds / 1e9})
-                print(f"conv{dims}d {batch}x{cin}->{cout} {spatial}: "
+                print(f"{dtype} conv{dims}d {batch}x{cin}->{cout} {spatial}: "
                       + ", ".join(f"{r['memory_format']} {r['gflop_per_s']:.1f}" for r in rows[-2:]) + " GFLOP/s", flush=True)
     return rows
 
@@ -93,10 +106,12 @@ def network_rate(model_name: str, images: list[str], runtime: str, repeats: int)
 
     model, card = e2miseg.load_model(model_name, device="cpu")
     calls: list[tuple[tuple[int, ...], float]] = []
+    precisions: set[str] = set()
     original = engine_inference.make_forward
 
     def timed_make_forward(*args, **kwargs):
         forward = original(*args, **kwargs)
+        precisions.add(getattr(forward, "precision", "f32"))
 
         def timed(batch):
             t0 = time.perf_counter()
@@ -122,6 +137,7 @@ def network_rate(model_name: str, images: list[str], runtime: str, repeats: int)
     flops = sum(flops_by_shape[s] for s, _ in calls)
     network = sum(t for _, t in calls)
     return {"model": card["name"], "kind": card["inference"]["kind"], "runtime": runtime,
+            "precision": "/".join(sorted(precisions)),
             "images": [Path(i).name for i in images], "repeats": repeats, "calls": len(calls),
             "batch_shapes": sorted({"x".join(map(str, s)) for s, _ in calls}),
             "gflop_total": flops / 1e9, "gflop_per_call": {"x".join(map(str, s)): f / 1e9 for s, f in flops_by_shape.items()},
@@ -161,39 +177,52 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # a private OpenVINO cache: conversion happens in the untimed warm-up, the user's cache is untouched
     os.environ.setdefault("E2MISEG_CACHE", tempfile.mkdtemp(prefix="e2miseg-roofline-"))
+    from e2miseg.runtime import native_bf16
+
     info = machine(args.threads)
-    sweep = conv_sweep(args.min_seconds)
-    best = max(sweep, key=lambda r: r["gflop_per_s"])
-    best_by_dims = {d: max((r for r in sweep if r["dims"] == d), key=lambda r: r["gflop_per_s"]) for d in (2, 3)}
+    dtypes = ("f32", "bf16") if native_bf16() else ("f32",)
+    sweep = conv_sweep(args.min_seconds, dtypes)
+    best_of = {t: max((r for r in sweep if r["dtype"] == t), key=lambda r: r["gflop_per_s"]) for t in dtypes}
+    best_by_dims_of = {t: {d: max((r for r in sweep if r["dims"] == d and r["dtype"] == t), key=lambda r: r["gflop_per_s"])
+                           for d in (2, 3)} for t in dtypes}
+    best, best_by_dims = best_of["f32"], best_by_dims_of["f32"]
     jobs = [(m[0], m[1:]) for m in args.model] if args.model else default_models(set(args.only.split(",")), args.volumes)
     networks = []
     for model, images in jobs:
         for runtime in args.runtimes.split(","):
             row = network_rate(model, images, runtime, args.repeats)
             dims = 3 if row["kind"] == "3d" else 2
-            row["share_of_best_conv"] = row["gflop_per_s"] / best["gflop_per_s"]
-            row["share_of_best_conv_same_dims"] = row["gflop_per_s"] / best_by_dims[dims]["gflop_per_s"]
+            own = "bf16" if "bf16" in row["precision"] and "bf16" in best_of else "f32"
+            row["roof_precision"] = own
+            row["share_of_best_conv"] = row["gflop_per_s"] / best_of[own]["gflop_per_s"]
+            row["share_of_best_conv_same_dims"] = row["gflop_per_s"] / best_by_dims_of[own][dims]["gflop_per_s"]
+            row["share_of_best_f32_conv"] = row["gflop_per_s"] / best["gflop_per_s"]
             networks.append(row)
-            print(f"{row['model']} {runtime}: {row['gflop_per_s']:.1f} GFLOP/s "
-                  f"({100 * row['share_of_best_conv']:.0f} % of the best convolution)", flush=True)
+            print(f"{row['model']} {runtime} {row['precision']}: {row['gflop_per_s']:.1f} GFLOP/s "
+                  f"({100 * row['share_of_best_conv']:.0f} % of the best {own} convolution)", flush=True)
     info = finish_machine(info)
 
     def describe(r: dict) -> str:
         return (f"conv{r['dims']}d {r['batch']}x{r['in']}->{r['out']} {'x'.join(map(str, r['spatial']))} "
                 f"{r['memory_format']}: {r['gflop_per_s']:.1f} GFLOP/s")
 
-    lines = [f"Best single convolution (eager torch): {describe(best)}",
-             f"Best 3D: {describe(best_by_dims[3])}; best 2D: {describe(best_by_dims[2])}", "",
-             "| network | runtime | volumes × repeats | calls | GFLOP | network s | GFLOP/s | share of best conv (target ≥ 60 %) | "
-             "share of best same-dim conv |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = []
+    for t in dtypes:
+        lines += [f"Best single {t} convolution (eager torch): {describe(best_of[t])}",
+                  f"Best {t} 3D: {describe(best_by_dims_of[t][3])}; best {t} 2D: {describe(best_by_dims_of[t][2])}"]
+    lines += ["", "| network | runtime | precision | volumes × repeats | calls | GFLOP | network s | GFLOP/s | "
+              "share of best conv in its precision (target ≥ 60 %) | share of best same-dim conv | share of best fp32 conv |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in networks:
-        lines.append(f"| {r['model']} ({r['kind']}) | {r['runtime']} | {len(r['images'])} × {r['repeats']} | {r['calls']} | "
-                     f"{r['gflop_total']:.1f} | {r['network_seconds']:.2f} | {r['gflop_per_s']:.1f} | "
-                     f"{100 * r['share_of_best_conv']:.0f} % | {100 * r['share_of_best_conv_same_dims']:.0f} % |")
+        lines.append(f"| {r['model']} ({r['kind']}) | {r['runtime']} | {r['precision']} | {len(r['images'])} × {r['repeats']} | "
+                     f"{r['calls']} | {r['gflop_total']:.1f} | {r['network_seconds']:.2f} | {r['gflop_per_s']:.1f} | "
+                     f"{100 * r['share_of_best_conv']:.0f} % | {100 * r['share_of_best_conv_same_dims']:.0f} % | "
+                     f"{100 * r['share_of_best_f32_conv']:.0f} % |")
     notes = ["FLOPs: FlopCounterMode (2 per multiply-add; convolutions, matrix products, attention) per batch shape the "
              "engine fed the network; network time: wall time inside the engine's network calls only.",
              f"The sweep ({len(sweep)} timings) is in the JSON file."]
     write_results(args.name, {"machine": info, "best_conv": best, "best_conv_by_dims": {str(k): v for k, v in best_by_dims.items()},
+                              "best_conv_by_precision": best_of,
                               "target_share": TARGET_SHARE, "networks": networks, "sweep": sweep}, lines, notes)
     print("\n".join(lines))
 

@@ -65,7 +65,7 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
             min_island_mm3: float = 0.0, return_probabilities: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
             refine_edges: bool = False, edge_strength: float | None = None, runtime: str | None = None,
-            timings: dict[str, float] | None = None):
+            precision: str | None = None, timings: dict[str, float] | None = None):
     """Segment one case: file paths or SimpleITK images in, a uint8 label image on the input grid out.
 
     Memory stays bounded on large volumes: probabilities are stitched, resampled to the input grid
@@ -76,6 +76,8 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     :param model: a network from ``load_model`` (carrying ``.card``), or a store name or checkpoint path.
     :param device: None keeps the model's device; otherwise auto, cpu, cuda or mps.
     :param runtime: auto (OpenVINO on the CPU when installed, else PyTorch), torch or openvino.
+    :param precision: auto (bfloat16 for the networks that gain from it on CPUs with native bfloat16,
+        else fp32), f32 or bf16; env ``E2MISEG_PRECISION``.
     :param return_probabilities: also return the class probabilities on the input grid (vector image).
     :param progress: called with ``ProgressEvent`` (stage, done, total, eta_s).
     :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.
@@ -107,7 +109,7 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     if device is None:
         device = str(next(model.parameters()).device)
     predictor = Predictor(model, card, InferenceOptions(device=device, step=step, fast=fast, tta=tta, batch_size=batch_size,
-                                                         runtime=runtime))
+                                                         runtime=runtime, precision=precision))
     clock.lap("compile")
     probability_map = None
     if refine_edges or return_probabilities:

@@ -95,7 +95,7 @@ def run_cohort(folder: Path, output: Path, args) -> int:
                 labels = api.predict([str(p) for p in cases[name]], model, card, step=args.step, fast=args.fast,
                                      tta=args.tta, keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
                                      refine_edges=getattr(args, "refine_edges", False), edge_strength=getattr(args, "edge_strength", None),
-                                     runtime=getattr(args, "runtime", None))
+                                     runtime=getattr(args, "runtime", None), precision=getattr(args, "precision", None))
                 write_result(labels, card, target)
             except E2MISegError as exc:
                 failures += 1

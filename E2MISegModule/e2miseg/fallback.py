@@ -61,7 +61,8 @@ def step_down(predictor: Any) -> str | None:
     if predictor.device.type != "cpu":
         predictor.device = torch.device("cpu")
         predictor.model = predictor.model.to(predictor.device)
-        predictor.forward = make_forward(predictor.model, predictor.device, predictor.options.runtime)
+        predictor.forward = make_forward(predictor.model, predictor.device, predictor.options.runtime,
+                                         predictor.options.precision)
         return "retrying on the CPU (much slower)"
     return None
 

@@ -35,6 +35,7 @@ class InferenceOptions:
     tta: bool = False  # mirror test-time augmentation over the card's mirror axes
     batch_size: Optional[int] = None
     runtime: Optional[str] = None  # auto (OpenVINO on CPU when installed, else PyTorch), torch, openvino
+    precision: Optional[str] = None  # auto (bf16 where the network and CPU gain from it), f32, bf16
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -96,7 +97,7 @@ class Predictor:
         self.settings = card["inference"]
         self.device = resolve_device(self.options.device)
         self.model = _ready(model, self.device)
-        self.forward = make_forward(self.model, self.device, self.options.runtime)
+        self.forward = make_forward(self.model, self.device, self.options.runtime, self.options.precision)
         self.num_classes = int(getattr(model, "num_classes", 0)) or 1 + max(label["value"] for label in card["labels"])
         self.batch_size = self.options.batch_size or self.settings["batch_size"]
         default_step = self.settings["fast_step"] if self.options.fast else self.settings["step"]

@@ -30,6 +30,9 @@ class E2MISegNet(nn.Module):
 
     kind = "3d"
     arch_name = "e2miseg"
+    # fp32 even on bfloat16 CPUs: MFGA's depthwise dilated convolutions are slower in bfloat16 there
+    # and the network as a whole is no faster (runtime.py, precision.md)
+    prefers_bf16 = False
     size_divisor = 1  # the exact size is required instead, see ``required_input_size``
 
     def __init__(
