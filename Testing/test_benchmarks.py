@@ -138,3 +138,20 @@ def test_readme_quotes_the_benchmark_results_on_disk():
     block = readme.split(quote_in_readme.START, 1)[1].split(quote_in_readme.END, 1)[0].strip()
     assert block == quote_in_readme.quoted_block().strip(), "run: .venv/bin/python benchmarks/quote_in_readme.py"
     assert "MONAI / E2MISeg" in block and "Machine:" in block
+
+
+def test_roofline_holds_a_bf16_network_to_the_bf16_roof():
+    import conv_roofline
+
+    best_of = {"f32": {"gflop_per_s": 200.0}, "bf16": {"gflop_per_s": 1000.0}}
+    by_dims = {"f32": {2: {"gflop_per_s": 100.0}, 3: {"gflop_per_s": 200.0}},
+               "bf16": {2: {"gflop_per_s": 800.0}, 3: {"gflop_per_s": 1000.0}}}
+    bf16 = conv_roofline.shares({"kind": "2d", "precision": "bf16", "gflop_per_s": 160.0}, best_of, by_dims)
+    assert bf16 == {"roof_precision": "bf16", "share_of_best_conv": 0.16, "share_of_best_conv_same_dims": 0.2,
+                    "share_of_best_f32_conv": 0.8}
+    f32 = conv_roofline.shares({"kind": "3d", "precision": "f32", "gflop_per_s": 160.0}, best_of, by_dims)
+    assert (f32["roof_precision"], f32["share_of_best_conv"]) == ("f32", 0.8)
+    # a CPU without native bf16 has no bf16 roof: the fp32 one is all there is
+    only_f32 = conv_roofline.shares({"kind": "2d", "precision": "bf16", "gflop_per_s": 50.0},
+                                    {"f32": best_of["f32"]}, {"f32": by_dims["f32"]})
+    assert (only_f32["roof_precision"], only_f32["share_of_best_conv"]) == ("f32", 0.25)

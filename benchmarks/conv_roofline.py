@@ -156,6 +156,19 @@ def default_models(only: set[str], volumes: int) -> list[tuple[str, list[str]]]:
             for key, (model, dataset) in chosen.items() if key in only]
 
 
+def shares(row: dict, best_of: dict, best_by_dims_of: dict) -> dict:
+    """The network's GFLOP/s as shares of the roof of its own precision (and of the fp32 roof).
+
+    A network that ran (partly) in bfloat16 is held to the bfloat16 roof when the sweep has one.
+    """
+    dims = 3 if row["kind"] == "3d" else 2
+    own = "bf16" if "bf16" in row["precision"] and "bf16" in best_of else "f32"
+    return {"roof_precision": own,
+            "share_of_best_conv": row["gflop_per_s"] / best_of[own]["gflop_per_s"],
+            "share_of_best_conv_same_dims": row["gflop_per_s"] / best_by_dims_of[own][dims]["gflop_per_s"],
+            "share_of_best_f32_conv": row["gflop_per_s"] / best_of["f32"]["gflop_per_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -191,12 +204,8 @@ def main() -> None:
     for model, images in jobs:
         for runtime in args.runtimes.split(","):
             row = network_rate(model, images, runtime, args.repeats)
-            dims = 3 if row["kind"] == "3d" else 2
-            own = "bf16" if "bf16" in row["precision"] and "bf16" in best_of else "f32"
-            row["roof_precision"] = own
-            row["share_of_best_conv"] = row["gflop_per_s"] / best_of[own]["gflop_per_s"]
-            row["share_of_best_conv_same_dims"] = row["gflop_per_s"] / best_by_dims_of[own][dims]["gflop_per_s"]
-            row["share_of_best_f32_conv"] = row["gflop_per_s"] / best["gflop_per_s"]
+            row.update(shares(row, best_of, best_by_dims_of))
+            own = row["roof_precision"]
             networks.append(row)
             print(f"{row['model']} {runtime} {row['precision']}: {row['gflop_per_s']:.1f} GFLOP/s "
                   f"({100 * row['share_of_best_conv']:.0f} % of the best {own} convolution)", flush=True)

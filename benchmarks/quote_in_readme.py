@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-QUOTED = ("inference_vs_monai", "conv_roofline", "training_throughput", "memory_ct")
+QUOTED = ("inference_vs_monai", "conv_roofline", "precision", "training_throughput", "memory_ct")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every speed benchmark of issue 7, one after the other, on a quiet machine (nothing else running).
-# Results: benchmarks/results/{inference_vs_monai,conv_roofline,training_throughput}.{json,md}
+# Results: benchmarks/results/{inference_vs_monai,conv_roofline,precision,training_throughput}.{json,md}
 # (each records the machine and whether it was quiet). About an hour with the defaults on 2 cores.
 #
 #   bash benchmarks/run_all.sh                 # full run
@@ -16,8 +16,10 @@ if pgrep -f "e2miseg[-_]train(\.cli)? fit" >/dev/null; then
 fi
 "$PY" benchmarks/inference_vs_monai.py --threads "$THREADS" --pairs "${PAIRS:-3}" ${IVM_ARGS:-}
 "$PY" benchmarks/conv_roofline.py --threads "$THREADS" ${ROOFLINE_ARGS:-}
+# bfloat16 accuracy check and speed (skipped, with a message, on CPUs without native bfloat16)
+"$PY" benchmarks/precision.py --threads "$THREADS" ${PRECISION_ARGS:-}
 "$PY" benchmarks/training_throughput.py --threads "$THREADS" --iterations "${ITERATIONS:-40}" --pairs "${TRAIN_PAIRS:-2}" ${TRAIN_ARGS:-}
 "$PY" benchmarks/quote_in_readme.py   # the README quotes these tables (and memory_ct's) verbatim
-for name in inference_vs_monai conv_roofline training_throughput; do
+for name in inference_vs_monai conv_roofline precision training_throughput; do
     echo; cat "benchmarks/results/$name.md"
 done
