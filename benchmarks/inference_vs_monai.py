@@ -106,7 +106,7 @@ def segment_e2miseg(session: dict, image_path: str, out_path: str) -> dict:
         network, source = stage_time.get("infer", 0.0), "infer stage (includes stitching)"
     return {"seconds": total, "network_seconds": network, "outside_share": 1 - network / total,
             "model_load_seconds": load_s, "runtime_setup_seconds": clock["setup"], "forward_calls": clock["calls"],
-            "network_time_source": source, "stages": stage_time}
+            "network_time_source": source, "stages": stage_time, "precision": clock.get("precision", "f32")}
 
 
 def _instrument_engine(engine_inference, clock: dict):
@@ -118,6 +118,7 @@ def _instrument_engine(engine_inference, clock: dict):
 
     def timed_make_forward(*args, **kwargs):
         forward = original(*args, **kwargs)
+        clock["precision"] = getattr(forward, "precision", "f32")  # the engine's arithmetic (auto: bf16 or fp32)
 
         def timed(batch):
             t0 = time.perf_counter()
@@ -503,6 +504,7 @@ def run_job(label: str, model: str, image: str, pairs: int, threads: int, tmp: P
         "e2miseg_first_call_outside_share": all_cold("e2miseg", "outside_share"),
         "monai_first_call_outside_share": all_cold("monai", "outside_share"),
         "e2miseg_network_time_source": sessions["e2miseg"][0]["cold"]["network_time_source"],
+        "e2miseg_precision": sessions["e2miseg"][0]["cold"].get("precision", "f32"),
         "e2miseg_sessions": sessions["e2miseg"], "monai_sessions": sessions["monai"],
     }
 
@@ -531,7 +533,7 @@ def table(rows: list[dict]) -> list[str]:
              "| first call E2MISeg / MONAI s (ratio) | first call outside network E2MISeg | peak RSS E2MISeg / MONAI MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['job']} ({r['model']}) | {r['image']} {'x'.join(map(str, r['image_size_xyz']))} | "
+        lines.append(f"| {r['job']} ({r['model']}, {r.get('e2miseg_precision', 'f32')}) | {r['image']} {'x'.join(map(str, r['image_size_xyz']))} | "
                      f"{r['e2miseg_s']:.2f} | {r['monai_s']:.2f} | **{r['speedup_monai_over_e2miseg']:.2f}×** "
                      f"(≥ {r['target_speedup']:.1f}×) | {100 * r['agreement']:.2f} % | "
                      f"{100 * r['e2miseg_outside_network_share']:.0f} % / {100 * r['monai_outside_network_share']:.0f} % | "
@@ -591,7 +593,9 @@ def main() -> None:
         "Outside network: share of that time not spent in the network's forward calls (read, preprocess, stitching, "
         "resampling, write; for the first call also model loading and compilation).",
         "Peer: MONAI sliding_window_inference / SliceInferer (Gaussian, card step and sigma) with SimpleITK resampling "
-        "that keeps the physical extent (MONAI Spacing scale_extent=True); see the script's docstring.",
+        "that keeps the physical extent (MONAI Spacing scale_extent=True); see the script's docstring. The peer "
+        "computes in fp32; the precision after the model name is the engine's default (precision auto: bf16 for "
+        "EHANet/S2aNet on CPUs with native bfloat16), and agreement is against the fp32 peer.",
         "CT-sized job: real hippocampus MRI crops tiled on the 3 mm network grid and resampled to 512x512x200 voxels "
         "of 0.8x0.8x2 mm, segmented by the bundled weights with a 3 mm card (see ct_sized_volume); the 4-class "
         "memory target is measured by memory_ct.py.",
