@@ -184,6 +184,24 @@ def test_e2miseg_instance_block_norm_is_per_sample_and_validated():
         small_model("e2miseg", block_norm="layer")
 
 
+def test_e2miseg_refine_dropout_switch():
+    """refine_dropout=0 makes train-mode outputs deterministic (no channel dropout in the HFR refinement,
+    attention dropout off too); the spec's 0.1 does not; the state-dict keys are the same either way."""
+    x = torch.randn(INPUT_SHAPE["e2miseg"])
+    spread = {}
+    for rate in (0.1, 0.0):
+        model = small_model("e2miseg", refine_dropout=rate, dropout=0.0, block_norm="instance").train()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            first, second = model(x)[0], model(x)[0]
+        spread[rate] = (first - second).abs().max().item()
+    assert spread[0.0] == 0.0 < spread[0.1]
+    keys = {rate: set(small_model("e2miseg", refine_dropout=rate).state_dict()) for rate in (0.1, 0.0)}
+    assert keys[0.1] == keys[0.0]
+    with pytest.raises(ValueError, match="refine_dropout must be in"):
+        small_model("e2miseg", refine_dropout=1.0)
+
+
 def _targets(name: str, x: torch.Tensor) -> torch.Tensor:
     k = SMALL[name]["num_classes"]
     g = torch.Generator().manual_seed(1)

@@ -54,6 +54,7 @@ class E2MISegNet(nn.Module):
         fuse: str = "concat_proj",
         dilations: Sequence[int] = DEFAULT_DILATIONS,
         block_norm: str = "batch",
+        refine_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         patch, stem = as_tuple3(patch_size), as_tuple3(stem_kernel)
@@ -75,7 +76,7 @@ class E2MISegNet(nn.Module):
             "feature_size": int(feature_size), "dropout": float(dropout), "qk_source": qk_source,
             "cnn_bn": bool(cnn_bn), "n_refine": int(n_refine),
             "shared_token_proj": shared_token_proj, "fuse": fuse, "dilations": list(dilations),
-            "block_norm": block_norm,
+            "block_norm": block_norm, "refine_dropout": float(refine_dropout),
         }
         normalise_shared_token_proj(shared_token_proj)  # validate early
         self.in_channels = int(in_channels)
@@ -84,7 +85,7 @@ class E2MISegNet(nn.Module):
         self.token_grids = grids
         hfr = dict(num_heads=num_heads, dropout=dropout, qk_source=qk_source, cnn_bn=cnn_bn,
                    n_refine=n_refine, shared_token_proj=shared_token_proj, fuse=fuse,
-                   block_norm=block_norm)
+                   block_norm=block_norm, refine_dropout=refine_dropout)
         c0, c1, c2, c3 = dims
 
         # Encoder: patchify stem + three 2x downsamplings, each followed by an HFR stack.
