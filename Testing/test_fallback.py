@@ -104,6 +104,20 @@ def test_full_ladder_ends_on_the_cpu():
     np.testing.assert_allclose(result, reference(), atol=1e-5)
 
 
+def test_float16_gpu_run_falls_back_to_fp32_on_the_cpu():
+    """--precision f16 is a GPU precision: the last rung (the CPU) must not refuse it, it runs fp32."""
+    model = OomWrapper(fail_device="meta")
+
+    def pretend_f16_gpu(predictor):
+        predictor.device = torch.device("meta")
+        predictor.options.precision = "f16"
+
+    predictor, result, messages, _ = run(model, batch_size=1, setup=pretend_f16_gpu)
+    assert messages[-1].endswith("retrying on the CPU (much slower)")
+    assert predictor.device.type == "cpu" and getattr(predictor.forward, "precision", "f32") == "f32"
+    np.testing.assert_allclose(result, reference(), atol=1e-5)
+
+
 def test_gpu_stitching_gives_the_same_probabilities():
     # stitching in device memory is the CUDA default; on the CPU it exercises the same code path
     _, on_device, messages, _ = run(pointwise_net(hidden=4), setup=lambda p: setattr(p, "stitch_on_device", True))

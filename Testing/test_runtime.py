@@ -122,6 +122,12 @@ def test_precision_choice(monkeypatch):
         assert resolve_precision("auto", "torch", cpu, _Prefers()) == "f32"
         assert resolve_precision("f32", "openvino", cpu, _Prefers()) == "f32"
         assert resolve_precision("bf16", "torch", cpu, torch.nn.Identity()) == "bf16"
+    # a CUDA GPU gets float16 autocast (decided without touching CUDA); float16 on the CPU is refused
+    assert resolve_precision("auto", "torch", torch.device("cuda"), torch.nn.Identity()) == "f16"
+    assert resolve_precision("f32", "torch", torch.device("cuda"), torch.nn.Identity()) == "f32"
+    assert resolve_precision("f16", "torch", torch.device("mps"), torch.nn.Identity()) == "f16"
+    with pytest.raises(E2MISegError, match="float16 is for GPUs"):
+        resolve_precision("f16", "torch", cpu, torch.nn.Identity())
     with pytest.raises(E2MISegError, match="no native bfloat16 .*use --precision f32"):
         resolve_precision("bf16", "openvino", cpu, _Prefers())
     with pytest.raises(E2MISegError, match="unknown precision 'fp8'"):

@@ -76,8 +76,8 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     :param model: a network from ``load_model`` (carrying ``.card``), or a store name or checkpoint path.
     :param device: None keeps the model's device; otherwise auto, cpu, cuda or mps.
     :param runtime: auto (OpenVINO on the CPU when installed, else PyTorch), torch or openvino.
-    :param precision: auto (bfloat16 for the networks that gain from it on CPUs with native bfloat16,
-        else fp32), f32 or bf16; env ``E2MISEG_PRECISION``.
+    :param precision: auto (float16 autocast on CUDA; bfloat16 for the networks that gain from it on
+        CPUs with native bfloat16; else fp32), f32, bf16 or f16; env ``E2MISEG_PRECISION``.
     :param return_probabilities: also return the class probabilities on the input grid (vector image).
     :param progress: called with ``ProgressEvent`` (stage, done, total, eta_s).
     :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.

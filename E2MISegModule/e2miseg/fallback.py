@@ -61,8 +61,9 @@ def step_down(predictor: Any) -> str | None:
     if predictor.device.type != "cpu":
         predictor.device = torch.device("cpu")
         predictor.model = predictor.model.to(predictor.device)
-        predictor.forward = make_forward(predictor.model, predictor.device, predictor.options.runtime,
-                                         predictor.options.precision)
+        # float16 is a GPU precision: on the CPU the automatic choice applies instead
+        precision = None if (predictor.options.precision or "").lower() == "f16" else predictor.options.precision
+        predictor.forward = make_forward(predictor.model, predictor.device, predictor.options.runtime, precision)
         return "retrying on the CPU (much slower)"
     return None
 

@@ -35,7 +35,7 @@ class InferenceOptions:
     tta: bool = False  # mirror test-time augmentation over the card's mirror axes
     batch_size: Optional[int] = None
     runtime: Optional[str] = None  # auto (OpenVINO on CPU when installed, else PyTorch), torch, openvino
-    precision: Optional[str] = None  # auto (bf16 where the network and CPU gain from it), f32, bf16
+    precision: Optional[str] = None  # auto (f16 on CUDA, bf16 where network and CPU gain), f32, bf16, f16
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -12,7 +12,8 @@ Precision: on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX, detected
 (``prefers_bf16`` on the network class: EHANet and S2aNet), keeping normalisation and softmax in
 fp32 (``FP32_LAYERS``); here that is 1.7x (EHANet) and 3.7x (S2aNet) faster per window with >= 99.9 %
 of the labels unchanged (benchmarks/results/precision.md). E2MISeg stays fp32: its
-depthwise dilated convolutions have no fast bfloat16 kernel and the network is no faster. Elsewhere,
+depthwise dilated convolutions have no fast bfloat16 kernel and the network is no faster. On a CUDA
+GPU ``auto`` runs PyTorch under float16 autocast (as nnU-Net's and MONAI's predictors do); elsewhere,
 and for ``precision="f32"``, every runtime computes in fp32.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .errors import E2MISegError
 
 LOG = logging.getLogger("e2miseg")
 RUNTIMES = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "f32", "bf16")
+PRECISIONS = ("auto", "f32", "bf16", "f16")
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -81,14 +82,18 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(name: str | None, runtime: str, device: torch.device, model: torch.nn.Module) -> str:
-    """``"f32"`` or ``"bf16"`` for this network, runtime and device (see the module docstring)."""
+    """``"f32"``, ``"bf16"`` or ``"f16"`` for this network, runtime and device (see the module docstring)."""
     name = (name or os.environ.get("E2MISEG_PRECISION") or "auto").lower()
     if name not in PRECISIONS:
-        raise E2MISegError(f"unknown precision '{name}'; use auto, f32 or bf16")
+        raise E2MISegError(f"unknown precision '{name}'; use auto, f32, bf16 or f16")
     on_cpu = device.type == "cpu"
     if name == "auto":
+        if device.type == "cuda":
+            return "f16"
         wanted = bool(getattr(model, "prefers_bf16", False))
         return "bf16" if wanted and runtime == "openvino" and on_cpu and native_bf16() else "f32"
+    if name == "f16" and on_cpu:
+        raise E2MISegError("float16 is for GPUs (--device cuda or mps); on the CPU use --precision bf16 or f32")
     if name == "bf16" and runtime == "openvino" and not native_bf16():
         raise E2MISegError("this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); "
                            "use --precision f32 or auto")
@@ -267,7 +272,7 @@ def make_forward(model: torch.nn.Module, device: torch.device, runtime: str | No
     chosen = resolve_runtime(runtime, device)
     arithmetic = resolve_precision(precision, chosen, device, model)
     if chosen == "torch":
-        return model if arithmetic == "f32" else _Autocast(model, device)
+        return model if arithmetic == "f32" else _Autocast(model, device, arithmetic)
     try:
         forward = OpenVinoForward(model, precision=arithmetic)
     except Exception as exc:  # a broken openvino install must not stop a segmentation
@@ -278,15 +283,14 @@ def make_forward(model: torch.nn.Module, device: torch.device, runtime: str | No
 
 
 class _Autocast:
-    """The PyTorch network under bfloat16 autocast (``precision="bf16"`` with the torch runtime)."""
+    """The PyTorch network under autocast (bf16, or f16 on a GPU); logits come back as fp32."""
 
-    precision = "bf16"
-
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.model, self.device_type = model, device.type
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "bf16"):
+        self.model, self.device_type, self.precision = model, device.type, precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+        with torch.autocast(self.device_type, dtype=self.dtype):
             return self.model(batch).float()
 
 
