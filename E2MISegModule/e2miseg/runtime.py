@@ -10,8 +10,8 @@ warning rather than failing the run.
 Precision: on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX, detected through OpenVINO's
 ``OPTIMIZATION_CAPABILITIES``) ``precision="auto"`` runs the networks that gain from it in bfloat16
 (``prefers_bf16`` on the network class: EHANet and S2aNet), keeping normalisation and softmax in
-fp32 (``FP32_LAYERS``); here that is 1.7x (EHANet) and 3.7x (S2aNet) faster per window with >= 99.9 %
-of the labels unchanged (benchmarks/results/precision.md). E2MISeg stays fp32: its
+fp32 (``FP32_LAYERS``); here that is 2.1x (EHANet) and 2.8x (S2aNet) less network time per case with
+<= 0.1 % of the voxels changed (benchmarks/results/precision.md). E2MISeg stays fp32: its
 depthwise dilated convolutions have no fast bfloat16 kernel and the network is no faster. On a CUDA
 GPU ``auto`` runs PyTorch under float16 autocast (as nnU-Net's and MONAI's predictors do); elsewhere,
 and for ``precision="f32"``, every runtime computes in fp32.
@@ -246,7 +246,7 @@ class OpenVinoForward:
 
 # Layers that stay fp32 in a bfloat16 network: normalisation statistics and softmax. With them in
 # bfloat16 the bundled EHANet's labels differ from fp32 on 1-2 % of a cine volume's voxels (a third of
-# the heart); kept fp32, >= 99.9 % agree and the network is still 1.7x faster (precision.md).
+# the heart); kept fp32, >= 99.9 % agree and the network still takes 2.1x less time (precision.md).
 FP32_LAYERS = ("MVN", "Softmax", "NormalizeL2", "GroupNormalization")
 
 
