@@ -6,14 +6,16 @@ average before and after, and any training process seen on the machine.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,3 +109,33 @@ def write_results(name: str, payload: dict[str, Any], table: list[str], notes: l
         lines += ["", *notes]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+@contextlib.contextmanager
+def network_calls_timed(on_call: Callable[[tuple[int, ...], float, str], None]) -> Iterator[None]:
+    """Time every network call the engine makes inside the block, from outside the engine.
+
+    The engine's ``make_forward`` is wrapped, so each call reports (batch shape, seconds, precision the
+    runtime chose) to ``on_call``; stitching, resampling and I/O are not included.
+    """
+    import e2miseg.inference as engine_inference
+
+    original = engine_inference.make_forward
+
+    def timed_make_forward(*args, **kwargs):
+        forward = original(*args, **kwargs)
+        precision = getattr(forward, "precision", "f32")
+
+        def timed(batch):
+            t0 = time.perf_counter()
+            out = forward(batch)
+            on_call(tuple(batch.shape), time.perf_counter() - t0, precision)
+            return out
+
+        return timed
+
+    engine_inference.make_forward = timed_make_forward
+    try:
+        yield
+    finally:
+        engine_inference.make_forward = original

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, finish_machine, machine, write_results  # noqa: E402
+from bench_common import finish_machine, machine, network_calls_timed, write_results  # noqa: E402
 
 TARGET_SHARE = 0.60
 # (batch, in, out, spatial): the E2MISeg hippocampus stages (patch 32x48x32, stem 2) and CT-sized windows
@@ -55,12 +55,7 @@ def time_call(fn, min_seconds: float, min_repeats: int = 3) -> float:
 
 
 def conv_sweep(min_seconds: float, dtypes: tuple[str, ...] = ("f32",)) -> list[dict]:
-    import torch
-
-    rows = []
-    for dtype in dtypes:
-        rows += _conv_sweep(min_seconds, dtype)
-    return rows
+    return [row for dtype in dtypes for row in _conv_sweep(min_seconds, dtype)]
 
 
 def _conv_sweep(min_seconds: float, dtype: str) -> list[dict]:
@@ -102,27 +97,16 @@ def count_flops(model, shape: tuple[int, ...]) -> int:
 def network_rate(model_name: str, images: list[str], runtime: str, repeats: int) -> dict:
     """Predict ``images`` ``repeats`` times (after one untimed warm-up) with the engine; time its network calls."""
     import e2miseg
-    import e2miseg.inference as engine_inference
 
     model, card = e2miseg.load_model(model_name, device="cpu")
     calls: list[tuple[tuple[int, ...], float]] = []
     precisions: set[str] = set()
-    original = engine_inference.make_forward
 
-    def timed_make_forward(*args, **kwargs):
-        forward = original(*args, **kwargs)
-        precisions.add(getattr(forward, "precision", "f32"))
+    def record(shape: tuple[int, ...], seconds: float, precision: str) -> None:
+        calls.append((shape, seconds))
+        precisions.add(precision)
 
-        def timed(batch):
-            t0 = time.perf_counter()
-            out = forward(batch)
-            calls.append((tuple(batch.shape), time.perf_counter() - t0))
-            return out
-
-        return timed
-
-    engine_inference.make_forward = timed_make_forward
-    try:
+    with network_calls_timed(record):
         for image in images:  # warm-up: OpenVINO conversion/compilation of every batch shape
             e2miseg.predict(image, model, runtime=runtime)
         calls.clear()
@@ -131,8 +115,6 @@ def network_rate(model_name: str, images: list[str], runtime: str, repeats: int)
             for image in images:
                 e2miseg.predict(image, model, runtime=runtime)
         wall = time.perf_counter() - started
-    finally:
-        engine_inference.make_forward = original
     flops_by_shape = {shape: count_flops(model, shape) for shape in {s for s, _ in calls}}
     flops = sum(flops_by_shape[s] for s, _ in calls)
     network = sum(t for _, t in calls)

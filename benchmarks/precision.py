@@ -15,45 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import finish_machine, machine, write_results  # noqa: E402
+from bench_common import finish_machine, machine, network_calls_timed, write_results  # noqa: E402
 
 MODELS = {"e2miseg-hippocampus": "Task04_Hippocampus", "ehanet-acdc": "ACDC", "s2anet-leftatrium": "LeftAtrium2018"}
 PRECISIONS = ("f32", "bf16")
-
-
-def dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
-    a, b = pred == label, ref == label
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
-
-
-def network_timer():
-    """Patch the engine's make_forward so that the seconds inside network calls are summed."""
-    import e2miseg.inference as engine_inference
-
-    spent = {"seconds": 0.0}
-    original = engine_inference.make_forward
-
-    def timed_make_forward(*args, **kwargs):
-        forward = original(*args, **kwargs)
-
-        def timed(batch):
-            t0 = time.perf_counter()
-            out = forward(batch)
-            spent["seconds"] += time.perf_counter() - t0
-            return out
-
-        timed.precision = getattr(forward, "precision", "f32")
-        return timed
-
-    engine_inference.make_forward = timed_make_forward
-    return spent, lambda: setattr(engine_inference, "make_forward", original)
 
 
 def measure(model_name: str, dataset: str, cases: int) -> dict:
@@ -62,11 +30,17 @@ def measure(model_name: str, dataset: str, cases: int) -> dict:
     import e2miseg
     from edges_common import validation_cases
 
+    from e2miseg_train.validation import dice
+
     model, card = e2miseg.load_model(model_name, device="cpu")
     labels = [int(label["value"]) for label in card["labels"]]
-    spent, undo = network_timer()
+    spent = {"seconds": 0.0}
+
+    def record(shape: tuple[int, ...], seconds: float, precision: str) -> None:
+        spent["seconds"] += seconds
+
     rows = []
-    try:
+    with network_calls_timed(record):
         for image, reference in validation_cases(dataset)[:cases]:
             ref = sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
             out, seconds = {}, {}
@@ -85,11 +59,9 @@ def measure(model_name: str, dataset: str, cases: int) -> dict:
             rows.append({"case": Path(image).name, "network_seconds": seconds,
                          "changed_voxels": float(changed.mean()),
                          "changed_foreground": float(changed[foreground].mean()) if foreground.any() else 0.0,
-                         "dice": {p: {str(k): dice(out[p], ref, k) for k in labels} for p in PRECISIONS}})
+                         "dice": {p: {str(k): dice(out[p] == k, ref == k) for k in labels} for p in PRECISIONS}})
             print(f"{model_name} {rows[-1]['case']}: f32 {seconds['f32']:.3f} s, bf16 {seconds['bf16']:.3f} s, "
                   f"{100 * rows[-1]['changed_voxels']:.3f} % voxels changed", flush=True)
-    finally:
-        undo()
     speedup = statistics.median(r["network_seconds"]["f32"] / r["network_seconds"]["bf16"] for r in rows)
     mean_dice = {p: {str(k): statistics.mean(r["dice"][p][str(k)] for r in rows) for k in labels} for p in PRECISIONS}
     return {"model": model_name, "architecture": card["architecture"]["name"], "cases": rows,
