@@ -68,6 +68,72 @@ def test_unconvertible_network_falls_back_to_pytorch(tmp_path, monkeypatch):
     assert out.shape == (1, 2, 4, 4)
 
 
+def test_pytorch_steps_aside_while_openvino_runs_and_gets_its_threads_back(small_model, tmp_path, monkeypatch):
+    """Around an OpenVINO network PyTorch's own work runs on one thread (its idle threads otherwise
+    contend with OpenVINO's streams); the user's thread count returns afterwards, also after an error,
+    and a predictor made meanwhile still sizes OpenVINO by the user's count."""
+    from e2miseg.runtime import OpenVinoForward, cores_to_openvino, torch_threads
+
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    card = validate_card(make_card(config=small_e2miseg_config(), batch_size=2))
+    volume = np.random.default_rng(0).normal(size=(1, 20, 24, 18)).astype(np.float32)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        predictor = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="openvino"))
+        network = predictor.forward
+
+        def spy(batch):
+            seen.append((torch.get_num_threads(), torch_threads()))
+            return network(batch)
+
+        spy.uses_openvino = True
+        predictor.forward = spy
+        predictor.predict(volume)
+        assert seen and set(seen) == {(1, 2)}
+        assert torch.get_num_threads() == 2
+
+        eager = Predictor(small_model, card, InferenceOptions(device="cpu", runtime="torch"))
+        eager_network = eager.forward
+        eager.forward = lambda batch: (seen.append(torch.get_num_threads()), eager_network(batch))[1]
+        eager.predict(volume)
+        assert seen[-1] == 2  # a PyTorch network keeps every thread
+
+        with pytest.raises(RuntimeError):
+            with cores_to_openvino(network):
+                assert torch.get_num_threads() == 1
+                assert OpenVinoForward(small_model)._streams == 2  # sized by the user's 2 threads, not 1
+                raise RuntimeError("cancelled")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_network_that_falls_back_to_pytorch_gets_every_thread(tmp_path, monkeypatch):
+    from e2miseg.runtime import cores_to_openvino
+
+    monkeypatch.setenv("E2MISEG_CACHE", str(tmp_path))
+    monkeypatch.setattr("e2miseg.runtime.OpenVinoForward._convert", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    threads_in_network = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            threads_in_network.append(torch.get_num_threads())
+            return x
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        forward = make_forward(Recorder(), torch.device("cpu"), "openvino")
+        with cores_to_openvino(forward), pytest.warns(UserWarning, match="using PyTorch"):
+            forward(torch.ones(1, 1, 4, 4))
+            assert torch.get_num_threads() == 1  # the work around the network stays on one thread
+        assert threads_in_network == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_runtime_choice():
     assert resolve_runtime("auto", torch.device("cpu")) == "openvino"
     assert resolve_runtime("torch", torch.device("cpu")) == "torch"

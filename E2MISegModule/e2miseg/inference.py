@@ -19,7 +19,7 @@ import torch
 from .errors import E2MISegError
 from .preprocess import AXIS_INDEX_ZYX
 from .progress import Reporter
-from .runtime import make_forward
+from .runtime import cores_to_openvino, make_forward
 from .tiling import gaussian_weights, pad_to_at_least, pad_to_multiple, slice_stack_indices, window_grid
 
 
@@ -128,7 +128,7 @@ class Predictor:
 
     def predict_once(self, array: np.ndarray, reporter: Reporter, sink) -> None:
         """One attempt with the current batch size, stitching and device."""
-        with torch.inference_mode():
+        with torch.inference_mode(), cores_to_openvino(self.forward):
             if self.settings["kind"] == "3d":
                 self._sliding_window(array, reporter, sink)
             else:

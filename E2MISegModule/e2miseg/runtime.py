@@ -25,8 +25,9 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -165,7 +166,7 @@ class OpenVinoForward:
         self._core = None  # created on the first compilation this process needs
         self._model = model
         self._key = weights_key(model)
-        self._threads = threads or torch.get_num_threads()
+        self._threads = threads or torch_threads()
         self.precision = precision
         # Windows run one per request on `threads` single-threaded streams rather than every thread on
         # every layer: the many small layers of these networks do not split well across threads (2 cores:
@@ -282,6 +283,57 @@ def make_forward(model: torch.nn.Module, device: torch.device, runtime: str | No
     return _Guarded(model, forward)
 
 
+# PyTorch's thread count while OpenVINO networks run (see ``cores_to_openvino``); process-wide,
+# as ``torch.set_num_threads`` is.
+_LOWERED_LOCK = threading.Lock()
+_LOWERED_DEPTH = 0
+_LOWERED_FROM = 1
+
+
+def torch_threads() -> int:
+    """PyTorch's intra-op thread count as the user set it (not lowered by ``cores_to_openvino``)."""
+    with _LOWERED_LOCK:
+        return _LOWERED_FROM if _LOWERED_DEPTH else torch.get_num_threads()
+
+
+@contextmanager
+def cores_to_openvino(forward: Forward) -> Iterator[None]:
+    """PyTorch on one thread while ``forward`` runs its network on OpenVINO's own threads.
+
+    Both thread pools want every core. Between network calls PyTorch's OpenMP threads wait on cores
+    that OpenVINO's streams hold, so the small tensor work around the network (softmax, stitching,
+    labelling) stalls for milliseconds per call: S2aNet on a left-atrium volume (2 cores) took
+    130-145 ms per case with PyTorch on 2 threads and 89-92 ms on 1. Anything else: no change.
+    """
+    global _LOWERED_DEPTH, _LOWERED_FROM
+    if not getattr(forward, "uses_openvino", False):
+        yield
+        return
+    with _LOWERED_LOCK:
+        if _LOWERED_DEPTH == 0:
+            _LOWERED_FROM = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _LOWERED_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _LOWERED_LOCK:
+            _LOWERED_DEPTH -= 1
+            if _LOWERED_DEPTH == 0:
+                torch.set_num_threads(_LOWERED_FROM)
+
+
+@contextmanager
+def _all_torch_threads() -> Iterator[None]:
+    """PyTorch back on its full thread count (a network that fell back from OpenVINO to PyTorch)."""
+    lowered = torch.get_num_threads()
+    torch.set_num_threads(torch_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(lowered)
+
+
 class _Autocast:
     """The PyTorch network under autocast (bf16, or f16 on a GPU); logits come back as fp32."""
 
@@ -308,12 +360,16 @@ class _Guarded:
     def compile_seconds(self) -> float:
         return self.openvino.compile_seconds
 
+    @property
+    def uses_openvino(self) -> bool:
+        return self.forward is self.openvino
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.forward is self.model:
-            return self.model(batch)
-        try:
-            return self.forward(batch)
-        except Exception as exc:  # conversion of an unusual network failed: PyTorch still works
-            warnings.warn(f"OpenVINO could not run this network ({type(exc).__name__}: {exc}); using PyTorch")
-            self.forward = self.model
+        if self.forward is not self.model:
+            try:
+                return self.forward(batch)
+            except Exception as exc:  # conversion of an unusual network failed: PyTorch still works
+                warnings.warn(f"OpenVINO could not run this network ({type(exc).__name__}: {exc}); using PyTorch")
+                self.forward = self.model
+        with _all_torch_threads():
             return self.model(batch)
