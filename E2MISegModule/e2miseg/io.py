@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shutil
 import struct
+import tempfile
 import uuid
 import zlib
 from contextlib import contextmanager
@@ -233,6 +235,67 @@ def check_complete(path: str | os.PathLike) -> None:
         _check_meta_complete(path)
 
 
+# ---- small .nii.gz inputs: ITK's NIfTI reader spends ~10 ms on any gzip stream, however short ----
+
+# Decompressed sizes up to this are staged; above it ITK's own gzip reading is the faster one
+# (1.3 MB: 12.1 ms through ITK, 5.8 ms staged; 13 MB: 62 ms vs 89 ms).
+_STAGE_MAX_BYTES = 2 << 20
+
+
+def _small_nifti_bytes(path: Path) -> bytes | None:
+    """The decompressed bytes of a small, complete single-file .nii.gz; None for anything else
+    (which then takes ITK's own path and gets its error messages)."""
+    if suffix_of(path) != ".nii.gz" or not path.is_file() or path.stat().st_size > _STAGE_MAX_BYTES:
+        return None
+    try:
+        raw = path.read_bytes()
+        parts, total, rest = [], 0, raw
+        while rest:  # gzip members one after another, never more than the limit in memory
+            stream = zlib.decompressobj(wbits=31)
+            parts.append(stream.decompress(rest, _STAGE_MAX_BYTES + 1 - total))
+            total += len(parts[-1])
+            if total > _STAGE_MAX_BYTES or not stream.eof:
+                return None  # too large, or truncated
+            rest = stream.unused_data
+    except (OSError, zlib.error):
+        return None
+    data = b"".join(parts)
+    expected = _nifti_expected_bytes(data[:540])
+    return data if expected is not None and len(data) >= expected else None
+
+
+def _staging_folder() -> str:
+    shm = Path("/dev/shm")  # memory-backed where there is one
+    return tempfile.mkdtemp(prefix="e2miseg-read-", dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
+
+
+@contextmanager
+def staged_for_reading(items: Sequence[str | os.PathLike | sitk.Image]) -> Iterator[list]:
+    """``items`` with each small .nii.gz replaced by an uncompressed copy in a temporary folder
+    (removed on exit), so ITK reads it ~10x faster (LA_1MHB 300 kB: 11.5 -> 0.7 ms plus 1.4 ms of
+    Python's zlib). ITK still reads header and voxels: geometry and pixel handling are its own.
+    The copy keeps the file's name without ``.gz``; anything else is passed through unchanged."""
+    staged: list = []
+    folder = None
+    try:
+        for item in items:
+            data = None if isinstance(item, sitk.Image) else _small_nifti_bytes(Path(item))
+            if data is None:
+                staged.append(item)
+                continue
+            try:
+                folder = folder or _staging_folder()
+                target = Path(folder) / f"{len(staged)}_{Path(item).name[:-3]}"
+                target.write_bytes(data)
+                staged.append(target)
+            except OSError:  # no writable temporary space: read the original
+                staged.append(item)
+        yield staged
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def suffix_of(path: str | os.PathLike) -> str:
     name = Path(path).name.lower()
     for suffix in (SEGMENTATION_SUFFIX,) + LABELMAP_SUFFIXES + IMAGE_SUFFIXES:
@@ -300,13 +363,15 @@ def as_volume(image: sitk.Image, name: str) -> sitk.Image:
     return image
 
 
-def read_channels(images: Sequence[str | os.PathLike | sitk.Image] | str | os.PathLike | sitk.Image) -> list[sitk.Image]:
-    """Read the model's input channels from paths or images; all must share one grid."""
+def read_channels(images: Sequence[str | os.PathLike | sitk.Image] | str | os.PathLike | sitk.Image,
+                  names: Sequence[str] | None = None) -> list[sitk.Image]:
+    """Read the model's input channels from paths or images; all must share one grid.
+    ``names``: what messages call each item (default: its file name)."""
     if isinstance(images, (str, os.PathLike, sitk.Image)):
         images = [images]
     channels: list[tuple[str, sitk.Image]] = []
-    for item in images:
-        name = Path(item).name if not isinstance(item, sitk.Image) else "input image"
+    for index, item in enumerate(images):
+        name = names[index] if names else Path(item).name if not isinstance(item, sitk.Image) else "input image"
         image = read_image(item) if not isinstance(item, sitk.Image) else item
         channels.extend((name, ch) for ch in split_channels(image))
     volumes = [as_volume(image, name) for name, image in channels]

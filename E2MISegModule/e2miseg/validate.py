@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -9,7 +11,7 @@ import SimpleITK as sitk
 
 from .card import num_classes
 from .errors import InputImageError, ResourceError
-from .io import ImageHeader, header_of, read_channels, read_header
+from .io import ImageHeader, header_of, read_channels, read_header, staged_for_reading
 
 # What the pipeline holds at its peak, used to refuse a job up front rather than die half-way
 # through it: per network-grid voxel and channel, the float32 input and a slab's temporaries;
@@ -151,9 +153,11 @@ def read_checked_channels(images: Sequence[str | os.PathLike | sitk.Image] | str
     """Read the model's input channels, checking headers before any voxel is loaded and voxels after."""
     if isinstance(images, (str, os.PathLike, sitk.Image)):
         images = [images]
-    headers = [read_header(item) for item in images]
-    check_headers(headers, card, memory_limit)
-    channels = [_flush_tiny_direction(image) for image in read_channels(images)]
+    names = [header_of(item).name if isinstance(item, sitk.Image) else Path(item).name for item in images]
+    with staged_for_reading(images) as sources:
+        headers = [replace(read_header(item), name=name) for item, name in zip(sources, names)]
+        check_headers(headers, card, memory_limit)
+        channels = [_flush_tiny_direction(image) for image in read_channels(sources, names)]
     sources = [header.name for header in headers for _ in range(header.channels)]
     for index, image in enumerate(channels):
         name = sources[index] if len(channels) == 1 else f"{sources[index]} (channel {index}, {card['channels'][index]['name']})"
