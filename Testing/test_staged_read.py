@@ -82,22 +82,22 @@ def test_truncated_large_and_other_files_are_left_to_itk(tmp_path):
         read_checked_channels(path, validate_card(make_card(config=small_e2miseg_config())))
 
 
-def test_messages_name_the_users_file_and_the_stage_is_removed_on_errors(tmp_path, monkeypatch):
-    staged_folders = []
-    original = io._staging_folder
-    monkeypatch.setattr(io, "_staging_folder", lambda: staged_folders.append(original()) or staged_folders[-1])
+def test_messages_name_the_users_file_and_the_copy_is_removed_on_errors(tmp_path, monkeypatch):
+    copies = []
+    original = io._staged_copy
+    monkeypatch.setattr(io, "_staged_copy", lambda data: copies.append(original(data)) or copies[-1])
     flat = sitk.GetImageFromArray(np.zeros((6, 7), np.float32))  # a 2D, all-zero image
     path = tmp_path / "my scan.nii.gz"
     sitk.WriteImage(flat, str(path), useCompression=True)
     with pytest.raises(InputImageError, match=r"my scan\.nii\.gz"):
         read_checked_channels(path, validate_card(make_card(config=small_e2miseg_config())))
-    assert staged_folders and not Path(staged_folders[0]).exists()
+    assert copies and not copies[0].exists()
 
 
 def test_unwritable_temporary_space_reads_the_original(tmp_path, monkeypatch):
     path = tmp_path / "case.nii.gz"
     sitk.WriteImage(oblique_image(), str(path), useCompression=True)
-    monkeypatch.setattr(io, "_staging_folder", lambda: (_ for _ in ()).throw(PermissionError("read-only")))
+    monkeypatch.setattr(io, "_staged_copy", lambda data: (_ for _ in ()).throw(PermissionError("read-only")))
     with io.staged_for_reading([path]) as sources:
         assert sources == [path]
 

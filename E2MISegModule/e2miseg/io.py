@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
 import struct
 import tempfile
 import uuid
@@ -264,19 +263,28 @@ def _small_nifti_bytes(path: Path) -> bytes | None:
     return data if expected is not None and len(data) >= expected else None
 
 
-def _staging_folder() -> str:
-    shm = Path("/dev/shm")  # memory-backed where there is one
-    return tempfile.mkdtemp(prefix="e2miseg-read-", dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
+def _staged_copy(data: bytes) -> Path:
+    """``data`` in a new temporary .nii file, memory-backed where there is such a place."""
+    shm = Path("/dev/shm")
+    handle, name = tempfile.mkstemp(prefix="e2miseg-read-", suffix=".nii",
+                                    dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+    except OSError:
+        os.unlink(name)
+        raise
+    return Path(name)
 
 
 @contextmanager
 def staged_for_reading(items: Sequence[str | os.PathLike | sitk.Image]) -> Iterator[list]:
-    """``items`` with each small .nii.gz replaced by an uncompressed copy in a temporary folder
-    (removed on exit), so ITK reads it ~10x faster (LA_1MHB 300 kB: 11.5 -> 0.7 ms plus 1.4 ms of
-    Python's zlib). ITK still reads header and voxels: geometry and pixel handling are its own.
-    The copy keeps the file's name without ``.gz``; anything else is passed through unchanged."""
+    """``items`` with each small .nii.gz replaced by an uncompressed temporary copy (deleted on
+    exit), so ITK reads it ~10x faster (LA_1MHB 300 kB: 11.5 -> 0.7 ms plus 1.4 ms of Python's zlib).
+    ITK still reads header and voxels: geometry and pixel handling are its own. The copy's name is
+    not the user's: messages must name the original. Anything else is passed through unchanged."""
     staged: list = []
-    folder = None
+    copies: list[Path] = []
     try:
         for item in items:
             data = None if isinstance(item, sitk.Image) else _small_nifti_bytes(Path(item))
@@ -284,16 +292,14 @@ def staged_for_reading(items: Sequence[str | os.PathLike | sitk.Image]) -> Itera
                 staged.append(item)
                 continue
             try:
-                folder = folder or _staging_folder()
-                target = Path(folder) / f"{len(staged)}_{Path(item).name[:-3]}"
-                target.write_bytes(data)
-                staged.append(target)
+                copies.append(_staged_copy(data))
+                staged.append(copies[-1])
             except OSError:  # no writable temporary space: read the original
                 staged.append(item)
         yield staged
     finally:
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
+        for copy in copies:
+            copy.unlink(missing_ok=True)
 
 
 def suffix_of(path: str | os.PathLike) -> str:
