@@ -204,7 +204,10 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
     rows = list(csv.DictReader(open(eval_dir / "per_case.csv")))
     assert [(r["case"], r["label"]) for r in rows] == [("hippocampus_004", "1"), ("hippocampus_004", "2")]
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
-    assert (eval_dir / "boxplot.png").exists() and "| Anterior hippocampus | 1 |" in (eval_dir / "summary.md").read_text()
+    summary_md = (eval_dir / "summary.md").read_text()
+    assert (eval_dir / "boxplot.png").exists() and "| Anterior hippocampus | 1 |" in summary_md
+    # a run's checkpoint has no release version yet: the summary names the file, not the plan's "1.0.0"
+    assert "training checkpoint best.safetensors, iteration" in summary_md and "1.0.0" not in summary_md
 
     target = tmp_path / "models" / "tiny-hippocampus.safetensors"
     assert main(["export", str(out), "--out", str(target), "--metrics", str(eval_dir / "summary.json"), "--record"]) == 0
@@ -219,6 +222,9 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
     assert "CC-BY-SA 4.0" in card["license"]
     markdown = target.with_suffix(".md").read_text()
     assert "Validation" in markdown and (target.parent / "tiny-hippocampus-curves.png").exists()
+    exported_eval = tmp_path / "eval-exported"
+    assert main(["evaluate", str(target), str(hippocampus_mini), "--out", str(exported_eval), "--device", "cpu"]) == 0
+    assert f"tiny-hippocampus {card['version']} on" in (exported_eval / "summary.md").read_text()
 
 
 def test_sigterm_ends_a_run_cleanly(tmp_path, tiny_plan):

@@ -155,7 +155,7 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
         for row in rows:
             writer.writerow({**row, "dice": f"{row['dice']:.6f}", "hd95_mm": f"{row['hd95_mm']:.4f}"})
     summary = summarise(rows, card["labels"])
-    title = f"{card['name']} {card['version']} on {Path(dataset).name} ({cases}, {len(selected)} cases)"
+    title = f"{model_label(card, model)} on {Path(dataset).name} ({cases}, {len(selected)} cases)"
     markdown = markdown_table(summary, title)
     (out / "summary.md").write_text(markdown, encoding="utf-8")
     result = {"model": card["name"], "version": card["version"], "architecture": card["architecture"]["name"],
@@ -166,6 +166,16 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
     box_plot(rows, card["labels"], out / "boxplot.png", title)
     result["markdown"] = markdown
     return result
+
+
+def model_label(card: dict[str, Any], model: str) -> str:
+    """How summaries name the model. A checkpoint straight from ``fit`` still carries the plan's
+    placeholder version (the version is given at ``export``), so it is named by file and iteration
+    instead of a version that would read like a release."""
+    training = card.get("provenance", {}).get("training", {})
+    if "iterations" in training and "total_iterations" not in training:
+        return f"{card['name']} (training checkpoint {Path(model).name}, iteration {training['iterations']})"
+    return f"{card['name']} {card['version']}"
 
 
 def comparison_table(summaries: list[dict[str, Any]]) -> str:
