@@ -325,9 +325,13 @@ def cores_to_openvino(forward: Forward) -> Iterator[None]:
 
 @contextmanager
 def _all_torch_threads() -> Iterator[None]:
-    """PyTorch back on its full thread count (a network that fell back from OpenVINO to PyTorch)."""
-    lowered = torch.get_num_threads()
-    torch.set_num_threads(torch_threads())
+    """PyTorch back on its full thread count (a network that fell back from OpenVINO to PyTorch).
+    Runs per network call: nothing to set when the count was not lowered."""
+    lowered, full = torch.get_num_threads(), torch_threads()
+    if lowered == full:
+        yield
+        return
+    torch.set_num_threads(full)
     try:
         yield
     finally:

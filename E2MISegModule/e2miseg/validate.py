@@ -153,11 +153,11 @@ def read_checked_channels(images: Sequence[str | os.PathLike | sitk.Image] | str
     """Read the model's input channels, checking headers before any voxel is loaded and voxels after."""
     if isinstance(images, (str, os.PathLike, sitk.Image)):
         images = [images]
-    names = [header_of(item).name if isinstance(item, sitk.Image) else Path(item).name for item in images]
-    with staged_for_reading(images) as sources:
-        headers = [replace(read_header(item), name=name) for item, name in zip(sources, names)]
+    names = ["input image" if isinstance(item, sitk.Image) else Path(item).name for item in images]
+    with staged_for_reading(images) as readable:  # messages name the user's files, not the staged copies
+        headers = [replace(read_header(item), name=name) for item, name in zip(readable, names)]
         check_headers(headers, card, memory_limit)
-        channels = [_flush_tiny_direction(image) for image in read_channels(sources, names)]
+        channels = [_flush_tiny_direction(image) for image in read_channels(readable, names)]
     sources = [header.name for header in headers for _ in range(header.channels)]
     for index, image in enumerate(channels):
         name = sources[index] if len(channels) == 1 else f"{sources[index]} (channel {index}, {card['channels'][index]['name']})"
