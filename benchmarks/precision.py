@@ -2,7 +2,7 @@
 
 The accuracy check behind ``precision="auto"`` (e2miseg/runtime.py): each bundled model segments
 validation cases of its dataset with the engine (OpenVINO on the CPU) twice, in fp32 and in bfloat16
-(normalisation and softmax kept fp32, as the runtime does), alternating; reported per model: the
+(with the layers the runtime keeps in fp32), alternating; reported per model: the
 network's time per case (median), the voxels whose label changes, and the Dice against the reference
 labels in both precisions. Only meaningful on a CPU with native bfloat16 (AVX512-BF16 or AMX).
 
@@ -108,9 +108,10 @@ def main() -> None:
                               for k in r["mean_dice"]["f32"])
         lines.append(f"| {r['model']} | {r['auto_precision']} | {len(r['cases'])} | {r['network_speedup_bf16']:.2f}× | "
                      f"{100 * r['max_changed_voxels']:.3f} % | {dice_text} |")
-    notes = ["bf16: OpenVINO with INFERENCE_PRECISION_HINT bf16 and the runtime's FP32_LAYERS (normalisation, softmax) "
-             "kept fp32; network time = seconds inside the engine's network calls, median of 3 per case and precision.",
-             "auto picks bf16 only for networks with prefers_bf16 (EHANet, S2aNet) on CPUs with native bfloat16."]
+    notes = ["bf16: OpenVINO with INFERENCE_PRECISION_HINT bf16, the layers the network names kept fp32 "
+             "(default FP32_LAYERS: normalisation, softmax; E2MISeg: its depthwise dilated convolutions); network time = "
+             "seconds inside the engine's network calls, median of 3 per case and precision.",
+             "auto picks bf16 for networks with prefers_bf16 (all three bundled ones) on CPUs with native bfloat16."]
     write_results("precision", {"machine": info, "models": results}, lines, notes)
     print("\n".join(lines))
 

@@ -9,18 +9,19 @@ warning rather than failing the run.
 
 Precision: on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX, detected through OpenVINO's
 ``OPTIMIZATION_CAPABILITIES``) ``precision="auto"`` runs the networks that gain from it in bfloat16
-(``prefers_bf16`` on the network class: EHANet and S2aNet), keeping normalisation and softmax in
-fp32 (``FP32_LAYERS``); here that is 2.1x (EHANet) and 2.8x (S2aNet) less network time per case with
-<= 0.1 % of the voxels changed (benchmarks/results/precision.md). E2MISeg stays fp32: its
-depthwise dilated convolutions have no fast bfloat16 kernel and the network is no faster. On a CUDA
-GPU ``auto`` runs PyTorch under float16 autocast (as nnU-Net's and MONAI's predictors do); elsewhere,
-and for ``precision="f32"``, every runtime computes in fp32.
+(``prefers_bf16`` on the network class: all three bundled ones), keeping some layer types in fp32:
+normalisation and softmax by default (``FP32_LAYERS``), or what the network names
+(``openvino_fp32_layers``: E2MISeg keeps its depthwise dilated convolutions, which have no fast
+bfloat16 kernel). The speed and label changes per model are in benchmarks/results/precision.md. On a
+CUDA GPU ``auto`` runs PyTorch under float16 autocast (as nnU-Net's and MONAI's predictors do);
+elsewhere, and for ``precision="f32"``, every runtime computes in fp32.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -154,9 +155,9 @@ class OpenVinoForward:
     One converted model (IR) per window shape is cached on disk; it is compiled for one window at a
     time with fully static shapes, because the CPU plugin refuses some fused E2MISeg layers with a
     dynamic batch ("any_of(scale.size(), OC, 1U)"), and static shapes are its fastest path anyway.
-    Compiled models are kept per process (``_COMPILED``); each instance runs them through its own
-    queue of infer requests (one per stream), so predictors in several threads can share one compiled
-    model. A batch's windows are spread over the streams and come back in order.
+    Compiled models are kept per process (``_COMPILED``) with their queues of infer requests (one
+    request per stream); each call borrows a queue of its own, so predictors in several threads can
+    share one compiled model. A batch's windows are spread over the streams and come back in order.
     """
 
     def __init__(self, model: torch.nn.Module, threads: int | None = None, precision: str = "f32"):
@@ -173,7 +174,7 @@ class OpenVinoForward:
         # E2MISeg 71 -> 68 ms per hippocampus window, EHANet 90 -> 82 ms per slice; same outputs), and one
         # compiled model per window shape serves every batch size (no recompiling for a partial batch).
         self._streams = max(1, self._threads)
-        self._queues: dict[tuple[int, ...], object] = {}
+        self._networks: dict[tuple[int, ...], _CompiledNetwork] = {}
         self.compile_seconds = 0.0  # time spent converting or compiling, for timing reports
 
     def _ir_path(self, shape: tuple[int, ...]) -> Path:
@@ -196,18 +197,17 @@ class OpenVinoForward:
         os.replace(tmp, path)
         return converted
 
-    def _compiled(self, shape: tuple[int, ...], streams: int):
+    def _compiled(self, shape: tuple[int, ...], streams: int) -> "_CompiledNetwork":
         key = (self._key, str(cache_dir()), shape, self._threads, streams, self.precision)
         with _COMPILED_LOCK:
-            compiled = _COMPILED.get(key)
-            if compiled is not None:
+            network = _COMPILED.get(key)
+            if network is not None:
                 _COMPILED.move_to_end(key)
-                return compiled
-            compiled = self._compile(shape, streams)
-            _COMPILED[key] = compiled
+                return network
+            network = _COMPILED[key] = _CompiledNetwork(self._compile(shape, streams), streams)
             while len(_COMPILED) > _COMPILED_MAX:
                 _COMPILED.popitem(last=False)
-            return compiled
+            return network
 
     def _compile(self, shape: tuple[int, ...], streams: int):
         path = self._ir_path(shape[1:])
@@ -216,49 +216,91 @@ class OpenVinoForward:
             self._convert(torch.zeros((1,) + shape[1:]), path)
         if self._core is None:
             self._core = self._ov.Core()
-        ir = self._core.read_model(path)
+        fp32_layers = tuple(getattr(self._model, "openvino_fp32_layers", FP32_LAYERS)) if self.precision == "bf16" else ()
+        if fp32_layers:
+            xml, _ = keep_fp32(path.read_text(), fp32_layers)
+            weights = self._ov.Tensor(np.fromfile(path.with_suffix(".bin"), dtype=np.uint8))
+            ir = self._core.read_model(model=xml, weights=weights)
+        else:
+            ir = self._core.read_model(path)
         ir.reshape(list(shape))
-        if self.precision == "bf16":
-            keep_fp32(ir)
         # fp32 unless bf16 was chosen: OpenVINO's own default is bf16 on CPUs that have it, for every network
         config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self._threads,
                   "NUM_STREAMS": streams, "CACHE_DIR": str(cache_dir() / "openvino" / "compiled")}
         return self._core.compile_model(ir, "CPU", config)
 
-    def _queue(self, sample_shape: tuple[int, ...]):
-        queue = self._queues.get(sample_shape)
-        if queue is None:
+    def _network(self, sample_shape: tuple[int, ...]) -> "_CompiledNetwork":
+        network = self._networks.get(sample_shape)
+        if network is None:
             start = time.perf_counter()
-            compiled = self._compiled((1,) + sample_shape, self._streams)
-            queue = self._queues[sample_shape] = self._ov.AsyncInferQueue(compiled, self._streams)
-            queue.set_callback(_keep_output)
+            network = self._networks[sample_shape] = self._compiled((1,) + sample_shape, self._streams)
             self.compile_seconds += time.perf_counter() - start
-        return queue
+        return network
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().cpu().contiguous().numpy()
-        queue = self._queue(tuple(array.shape[1:]))
-        outputs: list = [None] * len(array)
-        for index in range(len(array)):
-            queue.start_async({0: array[index:index + 1]}, (outputs, index))
-        queue.wait_all()
+        network = self._network(tuple(array.shape[1:]))
+        queue = network.checkout()
+        try:
+            outputs: list = [None] * len(array)
+            for index in range(len(array)):
+                queue.start_async({0: array[index:index + 1]}, (outputs, index))
+            queue.wait_all()
+        finally:
+            network.give_back(queue)
         return torch.from_numpy(np.concatenate(outputs))
 
 
-# Layers that stay fp32 in a bfloat16 network: normalisation statistics and softmax. With them in
-# bfloat16 the bundled EHANet's labels differ from fp32 on 1-2 % of a cine volume's voxels (a third of
-# the heart); kept fp32, >= 99.9 % agree and the network still takes 2.1x less time (precision.md).
-FP32_LAYERS = ("MVN", "Softmax", "NormalizeL2", "GroupNormalization")
+class _CompiledNetwork:
+    """A compiled model and its idle queues of infer requests.
+
+    A queue's requests own the network's intermediate buffers; a fresh queue pays for allocating
+    and first touching them on its first windows (hippocampus, bf16: 80 instead of 55 ms for the
+    first two windows, a fifth of a prediction). Queues are therefore kept with the compiled model
+    and lent to one call at a time, so a session's next case, or another predictor thread, reuses them.
+    """
+
+    def __init__(self, compiled, streams: int):
+        self.compiled, self.streams = compiled, streams
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    def checkout(self):
+        import openvino as ov
+
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        queue.set_callback(_keep_output)
+        return queue
+
+    def give_back(self, queue) -> None:
+        with self._lock:
+            self._idle.append(queue)
 
 
-def keep_fp32(ir) -> int:
-    """Mark the sensitive layers of an OpenVINO model to run in fp32 under a bf16 precision hint."""
-    kept = 0
-    for op in ir.get_ops():
-        if op.get_type_name() in FP32_LAYERS:
-            op.get_rt_info()["disable_fp16_compression_0"] = ""  # honoured for bf16 as well as f16
-            kept += 1
-    return kept
+# Layers (IR type names) that stay fp32 in a bfloat16 network unless the network names its own
+# (``openvino_fp32_layers``): normalisation statistics and softmax. With its MVNs in bfloat16 the
+# bundled EHANet's labels differ from fp32 on 1.1 % of a cine volume's voxels; kept fp32, on 0.04 %,
+# for 3 % more network time (precision.md, Testing/test_runtime.py).
+FP32_LAYERS = ("MVN", "SoftMax", "NormalizeL2", "GroupNormalization")
+
+# OpenVINO's attribute that keeps a layer in the model's own precision (fp32) under a lower precision
+# hint ("DisableFP16Compression", serialised as "precise"). It is written into the IR's text: an rt_info
+# entry set from Python is a plain string, which OpenVINO 2026.4's CPU plugin honours for some layers
+# (MVN) and silently ignores for others (GroupConvolution still ran in bf16).
+_PRECISE = '<rt_info><attribute name="precise" version="0" /></rt_info>'
+
+
+def keep_fp32(xml: str, layer_types: tuple[str, ...]) -> tuple[str, int]:
+    """The IR text with every layer of these IR types (e.g. ``GroupConvolution``) kept in fp32 under
+    a bf16 precision hint; also returns how many layers were marked."""
+    if not layer_types:
+        return xml, 0
+    opening = re.compile(r'(<layer id="\d+" name="[^"]*" type="(?:%s)" version="[^"]*">)(?!<rt_info>)'
+                         % "|".join(map(re.escape, layer_types)))
+    return opening.subn(lambda match: match.group(1) + _PRECISE, xml)
 
 
 def _keep_output(request, userdata) -> None:
