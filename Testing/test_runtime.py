@@ -232,7 +232,8 @@ def test_bf16_e2miseg_keeps_its_depthwise_convolutions_in_fp32(small_model, tmp_
     forward = OpenVinoForward(small_model, threads=1, precision="bf16")
     out = forward(batch)
     precisions: dict[str, set[str]] = {"depthwise": set(), "dense": set()}
-    for op in forward._network(tuple(batch.shape[1:])).compiled.get_runtime_model().get_ops():
+    compiled = forward._compiled((1,) + tuple(batch.shape[1:]), forward._streams)  # cached by the call above
+    for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         if info["layerType"].astype(str) != "Convolution":
             continue

@@ -155,9 +155,9 @@ class OpenVinoForward:
     One converted model (IR) per window shape is cached on disk; it is compiled for one window at a
     time with fully static shapes, because the CPU plugin refuses some fused E2MISeg layers with a
     dynamic batch ("any_of(scale.size(), OC, 1U)"), and static shapes are its fastest path anyway.
-    Compiled models are kept per process (``_COMPILED``) with their queues of infer requests (one
-    request per stream); each call borrows a queue of its own, so predictors in several threads can
-    share one compiled model. A batch's windows are spread over the streams and come back in order.
+    Compiled models are kept per process (``_COMPILED``); each instance runs them through its own
+    queue of infer requests (one per stream), so predictors in several threads can share one compiled
+    model. A batch's windows are spread over the streams and come back in order.
     """
 
     def __init__(self, model: torch.nn.Module, threads: int | None = None, precision: str = "f32"):
@@ -174,7 +174,7 @@ class OpenVinoForward:
         # E2MISeg 71 -> 68 ms per hippocampus window, EHANet 90 -> 82 ms per slice; same outputs), and one
         # compiled model per window shape serves every batch size (no recompiling for a partial batch).
         self._streams = max(1, self._threads)
-        self._networks: dict[tuple[int, ...], _CompiledNetwork] = {}
+        self._queues: dict[tuple[int, ...], object] = {}
         self.compile_seconds = 0.0  # time spent converting or compiling, for timing reports
 
     def _ir_path(self, shape: tuple[int, ...]) -> Path:
@@ -197,17 +197,18 @@ class OpenVinoForward:
         os.replace(tmp, path)
         return converted
 
-    def _compiled(self, shape: tuple[int, ...], streams: int) -> "_CompiledNetwork":
+    def _compiled(self, shape: tuple[int, ...], streams: int):
         key = (self._key, str(cache_dir()), shape, self._threads, streams, self.precision)
         with _COMPILED_LOCK:
-            network = _COMPILED.get(key)
-            if network is not None:
+            compiled = _COMPILED.get(key)
+            if compiled is not None:
                 _COMPILED.move_to_end(key)
-                return network
-            network = _COMPILED[key] = _CompiledNetwork(self._compile(shape, streams), streams)
+                return compiled
+            compiled = self._compile(shape, streams)
+            _COMPILED[key] = compiled
             while len(_COMPILED) > _COMPILED_MAX:
                 _COMPILED.popitem(last=False)
-            return network
+            return compiled
 
     def _compile(self, shape: tuple[int, ...], streams: int):
         path = self._ir_path(shape[1:])
@@ -229,55 +230,24 @@ class OpenVinoForward:
                   "NUM_STREAMS": streams, "CACHE_DIR": str(cache_dir() / "openvino" / "compiled")}
         return self._core.compile_model(ir, "CPU", config)
 
-    def _network(self, sample_shape: tuple[int, ...]) -> "_CompiledNetwork":
-        network = self._networks.get(sample_shape)
-        if network is None:
+    def _queue(self, sample_shape: tuple[int, ...]):
+        queue = self._queues.get(sample_shape)
+        if queue is None:
             start = time.perf_counter()
-            network = self._networks[sample_shape] = self._compiled((1,) + sample_shape, self._streams)
+            compiled = self._compiled((1,) + sample_shape, self._streams)
+            queue = self._queues[sample_shape] = self._ov.AsyncInferQueue(compiled, self._streams)
+            queue.set_callback(_keep_output)
             self.compile_seconds += time.perf_counter() - start
-        return network
+        return queue
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().cpu().contiguous().numpy()
-        network = self._network(tuple(array.shape[1:]))
-        queue = network.checkout()
-        try:
-            outputs: list = [None] * len(array)
-            for index in range(len(array)):
-                queue.start_async({0: array[index:index + 1]}, (outputs, index))
-            queue.wait_all()
-        finally:
-            network.give_back(queue)
+        queue = self._queue(tuple(array.shape[1:]))
+        outputs: list = [None] * len(array)
+        for index in range(len(array)):
+            queue.start_async({0: array[index:index + 1]}, (outputs, index))
+        queue.wait_all()
         return torch.from_numpy(np.concatenate(outputs))
-
-
-class _CompiledNetwork:
-    """A compiled model and its idle queues of infer requests.
-
-    A queue's requests own the network's intermediate buffers; a fresh queue pays for allocating
-    and first touching them on its first windows (hippocampus, bf16: 80 instead of 55 ms for the
-    first two windows, a fifth of a prediction). Queues are therefore kept with the compiled model
-    and lent to one call at a time, so a session's next case, or another predictor thread, reuses them.
-    """
-
-    def __init__(self, compiled, streams: int):
-        self.compiled, self.streams = compiled, streams
-        self._idle: list = []
-        self._lock = threading.Lock()
-
-    def checkout(self):
-        import openvino as ov
-
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        queue = ov.AsyncInferQueue(self.compiled, self.streams)
-        queue.set_callback(_keep_output)
-        return queue
-
-    def give_back(self, queue) -> None:
-        with self._lock:
-            self._idle.append(queue)
 
 
 # Layers (IR type names) that stay fp32 in a bfloat16 network unless the network names its own
