@@ -262,3 +262,26 @@ def test_dynunet_baseline_trains_on_the_same_plan_and_evaluates(tmp_path, tiny_p
     assert card["architecture"]["name"] == "monai-dynunet" and not model.training
     summary = evaluate(str(tmp_path / "best.safetensors"), hippocampus_mini, tmp_path / "eval", device="cpu")
     assert summary["num_cases"] == 1 and set(summary["labels"]) == {"Anterior hippocampus", "Posterior hippocampus"}
+
+
+def test_dice_ce_loss_switch_keeps_the_networks_deep_supervision():
+    """``--loss dice-ce``: MONAI DiceCE on every output, weighted 4:2:1 as the network's own loss is."""
+    from e2miseg.losses import DeepSupervisionLoss, ScaleSensitiveLoss, resize_labels
+    from e2miseg.models import build_model
+    from e2miseg_train.baselines import DiceCELabels
+    from e2miseg_train.trainer import make_loss
+    from helpers import small_e2miseg_config
+
+    model = build_model("e2miseg", **small_e2miseg_config()).train()
+    torch.manual_seed(0)
+    outputs = model(torch.randn(2, 1, 16, 16, 16))
+    target = torch.randint(0, 3, (2, 1, 16, 16, 16)).float()
+    own, dice_ce = make_loss(model, "architecture"), make_loss(model, "dice-ce")
+    assert isinstance(own.loss, ScaleSensitiveLoss) and isinstance(dice_ce, DeepSupervisionLoss)
+    labels = target[:, 0].long()
+    weights = [4 / 7, 2 / 7, 1 / 7]
+    expected = sum(w * DiceCELabels()(out, resize_labels(labels, out.shape[2:])) for w, out in zip(weights, outputs))
+    torch.testing.assert_close(dice_ce(outputs, target), expected)
+    assert not torch.allclose(dice_ce(outputs, target), own(outputs, target))
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        make_loss(model, "focal")

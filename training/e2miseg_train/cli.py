@@ -67,7 +67,7 @@ def cmd_fit(args) -> int:
                          schedule_clock=args.schedule_clock, warmup_iters=args.warmup, max_minutes=args.max_minutes,
                          val_every=args.val_every, val_step=args.val_step, max_val_cases=args.max_val_cases,
                          save_every_minutes=args.save_every, device=args.device, threads=args.threads, seed=args.seed,
-                         fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, augment=not args.no_augment,
+                         fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, loss=args.loss, augment=not args.no_augment,
                          amp=not args.no_amp, cache_dir=args.cache_dir, save_rank_weights=args.save_rank_weights)
     fit(plan, options)
     return 0
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fg-fraction", type=float, default=0.33)
     p.add_argument("--grad-clip", type=float, default=12.0)
+    p.add_argument("--loss", choices=["architecture", "dice-ce"], default="architecture",
+                   help="the network's own loss, or MONAI DiceCE (the DynUNet baseline's) with the network's deep supervision")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--cache-dir", default="runs/cache")

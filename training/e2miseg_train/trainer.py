@@ -55,6 +55,7 @@ class FitOptions:
     seed: int = 0
     fg_fraction: float = 0.33
     grad_clip: float = 12.0
+    loss: str = "architecture"  # architecture (the network's own loss) | dice-ce (see ``make_loss``)
     augment: bool = True
     amp: bool = True  # only ever used on CUDA
     cache_dir: str = "runs/cache"
@@ -80,6 +81,25 @@ def lr_factor(progress: float, schedule: str, iteration: int, warmup: int) -> fl
     if warmup and iteration < warmup:
         factor *= (iteration + 1) / warmup
     return max(factor, 1e-3)
+
+
+LOSSES = ("architecture", "dice-ce")
+
+
+def make_loss(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """The training loss: the architecture's own (``default_loss``), or ``dice-ce``: MONAI's DiceCE
+    (the DynUNet baseline's loss) on each of the network's outputs, with the network's own
+    deep-supervision weighting, so a comparison with the baseline can hold the loss fixed."""
+    if name == "architecture":
+        return model.default_loss()
+    if name == "dice-ce":
+        from e2miseg.losses import DeepSupervisionLoss
+
+        from .baselines import DiceCELabels
+
+        own = model.default_loss()
+        return DeepSupervisionLoss(DiceCELabels(), getattr(own, "weights", None))
+    raise ValueError(f"unknown loss '{name}'; use one of {', '.join(LOSSES)}")
 
 
 def make_optimizer(model: torch.nn.Module, options: FitOptions) -> torch.optim.Optimizer:
@@ -182,7 +202,8 @@ def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptio
                      "batch_size": options.batch_size, "optimizer": options.optimizer, "lr": options.lr,
                      "weight_decay": options.weight_decay, "schedule": options.schedule,
                      "schedule_clock": options.schedule_clock, "fg_fraction": options.fg_fraction,
-                     "grad_clip": options.grad_clip, "seed": options.seed, "augmentation": options.augment,
+                     "grad_clip": options.grad_clip, "loss": options.loss, "seed": options.seed,
+                     "augmentation": options.augment,
                      "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
                      "torch": torch.__version__, "trainer": "e2miseg-train"},
     }
@@ -237,7 +258,7 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
 
     set_seeds(options.seed)  # identical initial weights on every rank
     model = build_network(card["architecture"]["name"], card["architecture"]["config"]).to(device)
-    loss_fn = model.default_loss()
+    loss_fn = make_loss(model, options.loss)
     optimizer = make_optimizer(model, options)
     use_amp = options.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
