@@ -594,8 +594,8 @@ def main() -> None:
         "resampling, write; for the first call also model loading and compilation).",
         "Peer: MONAI sliding_window_inference / SliceInferer (Gaussian, card step and sigma) with SimpleITK resampling "
         "that keeps the physical extent (MONAI Spacing scale_extent=True); see the script's docstring. The peer "
-        "computes in fp32; the precision after the model name is the engine's default (precision auto: bf16 for "
-        "EHANet/S2aNet on CPUs with native bfloat16), and agreement is against the fp32 peer.",
+        "computes in fp32; the precision after the model name is the engine's default (precision auto: bf16 on CPUs with "
+        "native bfloat16, for all three bundled networks), and agreement is against the fp32 peer.",
         "CT-sized job: real hippocampus MRI crops tiled on the 3 mm network grid and resampled to 512x512x200 voxels "
         "of 0.8x0.8x2 mm, segmented by the bundled weights with a 3 mm card (see ct_sized_volume); the 4-class "
         "memory target is measured by memory_ct.py.",

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None,
                    help="network runtime: auto = OpenVINO on the CPU when installed, else PyTorch (env E2MISEG_RUNTIME)")
     p.add_argument("--precision", choices=["auto", "f32", "bf16", "f16"], default=None,
-                   help="arithmetic: auto = float16 autocast on CUDA, bfloat16 for EHANet/S2aNet on CPUs with native "
+                   help="arithmetic: auto = float16 autocast on CUDA, bfloat16 for the bundled networks on CPUs with native "
                         "bfloat16, else fp32 (env E2MISEG_PRECISION)")
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
     p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this volume")
