@@ -306,3 +306,21 @@ def test_peak_memory_stays_far_below_one_float_volume_per_class(tmp_path):
     one_volume_per_class = classes * 480 * 192 * 192 * 4
     assert report["labelled"] > 0
     assert report["extra"] < one_volume_per_class / 2, f"{report['extra'] / 2**20:.0f} MB above the baseline"
+
+
+def test_voxels_of_cells_are_the_voxels_whose_cell_is_listed():
+    """The sink finds the voxels to interpolate from the listed source cells; the same set as
+    expanding a per-cell flag to every target voxel (the previous way)."""
+    from e2miseg.postprocess import _voxels_of_cells
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        shape = tuple(int(n) for n in rng.integers(1, 6, size=3))
+        maps = [np.sort(rng.integers(0, n, size=int(rng.integers(1, 12)))) for n in shape]
+        listed = rng.random(shape) < 0.3
+        points = _voxels_of_cells(np.argwhere(listed), maps)
+        expanded = listed[np.ix_(*maps)]
+        found = np.zeros(expanded.shape, bool)
+        found[tuple(p.numpy() for p in points)] = True
+        np.testing.assert_array_equal(found, expanded)
+        assert len(points[0]) == expanded.sum()  # each voxel once

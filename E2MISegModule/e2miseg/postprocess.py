@@ -139,19 +139,44 @@ class LabelSink:
             return
         net_labels = class_argmax(block)
         uniform = _cell_uniform(net_labels, self.moved_maps)
-        labels, flags = net_labels, uniform
-        for dim, (axis_map, lo_start, lo_stop, offset) in enumerate(spans[d] for d in (1, 2, 3)):
-            index = torch.from_numpy(axis_map.lo[lo_start:lo_stop] - offset)
-            labels, flags = labels.index_select(dim, index), flags.index_select(dim, index)
-        mixed = ~flags
-        count = int(mixed.sum())
-        if count:
-            if count > _POINTWISE_SHARE * mixed.numel():
-                values = interpolate(block, spans, [1, 2, 3])
-                labels[mixed] = class_argmax(values)[mixed]
-            else:
-                labels[mixed] = class_argmax(_interpolate_points(block, spans, mixed.nonzero(as_tuple=True)))
+        cells = [axis_map.lo[lo_start:lo_stop] - offset for axis_map, lo_start, lo_stop, offset in (spans[d] for d in (1, 2, 3))]
+        labels = net_labels
+        for dim, index in enumerate(cells):
+            labels = labels.index_select(dim, torch.from_numpy(index))
+        # voxels whose interpolation cell holds more than one label: found on the network grid, where
+        # they are few, rather than by expanding a flag per voxel to the input grid
+        points = _voxels_of_cells((~uniform).nonzero().numpy(), cells)
+        count = len(points[0])
+        if count > _POINTWISE_SHARE * labels.numel():
+            values = interpolate(block, spans, [1, 2, 3])
+            labels[points] = class_argmax(values)[points]
+        elif count:
+            labels[points] = class_argmax(_interpolate_points(block, spans, points))
         self.out[start:stop] = labels.numpy()
+
+
+def _voxels_of_cells(cells: np.ndarray, maps: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """Indices (z, y, x) of the target voxels that fall in the given source cells (M, 3).
+
+    ``maps[d][i]`` is the source cell of target index i along dimension d; it never decreases, so each
+    cell owns a contiguous run of target indices per dimension and a box of voxels overall.
+    """
+    firsts, sizes = [], []
+    for dim, lo in enumerate(maps):
+        first = np.searchsorted(lo, cells[:, dim], side="left")
+        firsts.append(first)
+        sizes.append(np.searchsorted(lo, cells[:, dim], side="right") - first)
+    per_cell = sizes[0] * sizes[1] * sizes[2]
+    total = int(per_cell.sum())
+    if total == 0:
+        return tuple(torch.zeros(0, dtype=torch.int64) for _ in range(3))
+    owner = np.repeat(np.arange(len(cells)), per_cell)
+    local = np.arange(total) - np.repeat(np.cumsum(per_cell) - per_cell, per_cell)
+    x = local % sizes[2][owner]
+    rest = local // sizes[2][owner]
+    y = rest % sizes[1][owner]
+    z = rest // sizes[1][owner]
+    return tuple(torch.from_numpy(firsts[d][owner] + offset) for d, offset in enumerate((z, y, x)))
 
 
 def _interpolate_points(block: torch.Tensor, spans: dict, points: tuple[torch.Tensor, ...]) -> torch.Tensor:
