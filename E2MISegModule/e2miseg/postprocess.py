@@ -139,13 +139,14 @@ class LabelSink:
             return
         net_labels = class_argmax(block)
         uniform = _cell_uniform(net_labels, self.moved_maps)
-        cells = [axis_map.lo[lo_start:lo_stop] - offset for axis_map, lo_start, lo_stop, offset in (spans[d] for d in (1, 2, 3))]
+        # per dimension, the block's cell (lower neighbour) of each input-grid index
+        cell_of = [axis_map.lo[lo_start:lo_stop] - offset for axis_map, lo_start, lo_stop, offset in (spans[d] for d in (1, 2, 3))]
         labels = net_labels
-        for dim, index in enumerate(cells):
+        for dim, index in enumerate(cell_of):
             labels = labels.index_select(dim, torch.from_numpy(index))
         # voxels whose interpolation cell holds more than one label: found on the network grid, where
         # they are few, rather than by expanding a flag per voxel to the input grid
-        points = _voxels_of_cells((~uniform).nonzero().numpy(), cells)
+        points = _voxels_of_cells((~uniform).nonzero().numpy(), cell_of)
         count = len(points[0])
         if count > _POINTWISE_SHARE * labels.numel():
             values = interpolate(block, spans, [1, 2, 3])
@@ -155,14 +156,14 @@ class LabelSink:
         self.out[start:stop] = labels.numpy()
 
 
-def _voxels_of_cells(cells: np.ndarray, maps: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+def _voxels_of_cells(cells: np.ndarray, cell_of: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
     """Indices (z, y, x) of the target voxels that fall in the given source cells (M, 3).
 
-    ``maps[d][i]`` is the source cell of target index i along dimension d; it never decreases, so each
-    cell owns a contiguous run of target indices per dimension and a box of voxels overall.
+    ``cell_of[d][i]`` is the source cell of target index i along dimension d; it never decreases, so
+    each cell owns a contiguous run of target indices per dimension and a box of voxels overall.
     """
     firsts, sizes = [], []
-    for dim, lo in enumerate(maps):
+    for dim, lo in enumerate(cell_of):
         first = np.searchsorted(lo, cells[:, dim], side="left")
         firsts.append(first)
         sizes.append(np.searchsorted(lo, cells[:, dim], side="right") - first)
