@@ -285,3 +285,9 @@ def test_dice_ce_loss_switch_keeps_the_networks_deep_supervision():
     assert not torch.allclose(dice_ce(outputs, target), own(outputs, target))
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         make_loss(model, "focal")
+    # a network whose own loss is not deep-supervised region loss (EHANet: edge head) is refused, not
+    # silently given DiceCE on its edge output
+    from e2miseg.errors import E2MISegError
+
+    with pytest.raises(E2MISegError, match="EHANet has its own loss structure"):
+        make_loss(build_model("ehanet"), "dice-ce")

@@ -24,6 +24,7 @@ import torch
 from e2miseg.card import validate_card
 from e2miseg.checkpoint import save_checkpoint
 from e2miseg.inference import resolve_device
+from e2miseg.errors import E2MISegError
 
 from .baselines import build_network
 from .cache import load_cases
@@ -98,7 +99,10 @@ def make_loss(model: torch.nn.Module, name: str) -> torch.nn.Module:
         from .baselines import DiceCELabels
 
         own = model.default_loss()
-        return DeepSupervisionLoss(DiceCELabels(), getattr(own, "weights", None))
+        if not isinstance(own, DeepSupervisionLoss):  # EHANet's edge head, S2aNet's adaptive class weights
+            raise E2MISegError(f"--loss dice-ce replaces the region loss of deep-supervised networks (E2MISeg, the "
+                             f"DynUNet baseline); {type(model).__name__} has its own loss structure: use --loss architecture")
+        return DeepSupervisionLoss(DiceCELabels(), own.weights)
     raise ValueError(f"unknown loss '{name}'; use one of {', '.join(LOSSES)}")
 
 
