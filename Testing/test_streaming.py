@@ -212,6 +212,52 @@ def test_preprocessing_matches_simpleitk_resampling():
     np.testing.assert_allclose(array[0], expected, atol=2e-5)
 
 
+@pytest.mark.parametrize("scheme", [{"scheme": "zscore"}, {"scheme": "percentile", "lower": 1, "upper": 99},
+                                    {"scheme": "nonzero_zscore"}])
+def test_downsampling_normalises_only_the_slices_it_reads_and_gives_the_same_bits(monkeypatch, scheme):
+    """A CT-like job (0.8 mm in-plane to 3 mm): in-plane rows and columns that no network voxel reads
+    are dropped before normalising; the result is bit for bit the one without that shortcut."""
+    rng = np.random.default_rng(5)
+    array = rng.integers(-1000, 1500, size=(9, 70, 66)).astype(np.int16)
+    array[:, :5] = 0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.8, 2.0))
+    image.SetDirection(oblique_image().GetDirection())
+    card = make_card(spacing=(3.0, 3.0, 3.0))
+    card["preprocessing"]["normalization"] = scheme
+    card = validate_card(card)
+    normalised = []
+    original_apply = Normalizer.apply
+
+    def counting_apply(self, chunk):
+        normalised.append(chunk.size)
+        return original_apply(self, chunk)
+
+    monkeypatch.setattr(Normalizer, "apply", counting_apply)
+    compacted, grid = preprocess([image], card)
+    compacted_voxels = sum(normalised)
+    monkeypatch.setattr("e2miseg.preprocess._COMPACT_SHARE", 0.0)  # never compact
+    normalised.clear()
+    whole, _ = preprocess([image], card)
+    assert sum(normalised) == array.size
+    assert compacted_voxels < 0.35 * array.size  # 66 -> 18 columns read of 66, 70 -> 19 rows: 2x19 + 2x18 kept
+    assert np.array_equal(compacted, whole)
+    expected = resample_array(normalize(array, scheme), image, grid.network_reference)
+    np.testing.assert_allclose(compacted[0], expected, atol=2e-5)
+
+
+def test_take_gives_index_select_for_evenly_spaced_and_irregular_indices():
+    from e2miseg.resample import take
+
+    block = torch.randn(5, 9, 11)
+    for dim in range(3):
+        length = block.shape[dim]
+        for index in (np.arange(0, length, 2), np.arange(1, length, 3), np.arange(length), np.array([length - 1]),
+                      np.array([0, 1, 1, 2]), np.array([2, 0]), np.array([0, 2, 3])):
+            got = take(block, dim, index)
+            assert torch.equal(got, block.index_select(dim, torch.from_numpy(index))), (dim, index)
+
+
 def test_chunked_normalisation_keeps_wide_integer_contrast(monkeypatch):
     """uint32 values near 4e9 with a spread of a few units: float32 would flatten them."""
     monkeypatch.setattr("e2miseg.preprocess._CHUNK_VOXELS", 7)  # many chunks even for a small array

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from .card import channel_normalization
-from .resample import Geometry, axis_maps, interpolate, pass_order, slab_length
+from .resample import Geometry, axis_maps, compact, interpolate, pass_order, slab_length
 
 AXIS_INDEX_ZYX = {"z": 0, "y": 1, "x": 2}
 # Below this relative difference the native grid is used as is: resampling would only blur.
@@ -25,6 +25,8 @@ _CHUNK_VOXELS = 1 << 21
 # input types whose values float32 holds exactly (the rest are widened to float64 to normalise)
 _EXACT_IN_FLOAT32 = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32))
 _SLAB_BYTES = 32 << 20
+# Gather the read slices of an in-plane axis first when they are fewer than this share of it.
+_COMPACT_SHARE = 0.75
 
 
 @dataclass
@@ -161,7 +163,9 @@ def _mean_std(array: np.ndarray, low: float | None, high: float | None, nonzero:
         wide -= pilot
         count += wide.size
         total += float(wide.sum())
-        squares += float(np.dot(wide.ravel(), wide.ravel()))
+        # einsum, not np.dot: np.dot goes to the BLAS, whose threads wake up late after the network has
+        # run (7-11 ms instead of 0.4 ms for a 300 kB left-atrium MRI, in the middle of a case)
+        squares += float(np.einsum("i,i->", wide.ravel(), wide.ravel()))
     if count == 0:  # nonzero_zscore of an all-zero image: nothing to shift or scale
         return 0.0, 0.0
     shift = total / count
@@ -224,11 +228,20 @@ def _resample_into(source: np.ndarray, normalizer: Normalizer, source_grid: Geom
     rows_per_target = max(1.0, source.shape[0] / out.shape[0])
     step = max(1, min(slab_length(out.shape[1] * out.shape[2], 12, _SLAB_BYTES),
                       int(slab_length(source.shape[1] * source.shape[2], 12, _SLAB_BYTES) / rows_per_target)))
+    # Downsampling axes: gather the source slices that are read before normalising (elementwise, so the
+    # same bits) instead of normalising whole slabs: a 512x512 CT plane at 3 mm keeps 274 of 512 rows
+    # and columns, 29 % of its voxels. Axes that keep most slices are not worth the gather.
+    in_plane = {dim: compact(maps[dim], 0, out.shape[dim], 0) for dim in (1, 2) if not maps[dim].identity}
+    in_plane = {dim: kept for dim, kept in in_plane.items() if len(kept[0]) < _COMPACT_SHARE * source.shape[dim]}
     for start in range(0, out.shape[0], step):
         stop = min(start + step, out.shape[0])
         first, last = maps[0].source_range(start, stop)
-        block = torch.from_numpy(normalizer.apply(source[first:last]))
+        raw = source[first:last]
         spans = {0: (maps[0], start, stop, first), 1: (maps[1], 0, out.shape[1], 0), 2: (maps[2], 0, out.shape[2], 0)}
+        for dim, (slices, local) in in_plane.items():
+            raw = raw.take(slices, axis=dim)
+            spans[dim] = (local, 0, out.shape[dim], 0)
+        block = torch.from_numpy(normalizer.apply(raw))
         out[start:stop] = interpolate(block, spans, order).numpy()
 
 

@@ -115,6 +115,19 @@ class AxisMap:
         return int(np.searchsorted(self.hi, source_stop, side="left"))
 
 
+def compact(axis_map: AxisMap, start: int, stop: int, offset: int) -> tuple[np.ndarray, AxisMap]:
+    """The source slices that target slices [start, stop) read, and the map onto them alone.
+
+    For a block holding source slices from ``offset`` on: ``slices`` index the block, and
+    ``local`` maps target index ``start + i`` (as its index i) into ``block.take(slices)``. When
+    downsampling, most source slices are read by no target slice; elementwise work (normalisation)
+    done on the kept ones alone gives the same bits as on the whole block. Not for identity maps.
+    """
+    lo, hi = axis_map.lo[start:stop] - offset, axis_map.hi[start:stop] - offset
+    slices = np.union1d(lo, hi)
+    return slices, AxisMap(np.searchsorted(slices, lo), np.searchsorted(slices, hi), axis_map.weight[start:stop], False)
+
+
 def axis_maps(source: Geometry, target: Geometry) -> list[AxisMap]:
     """Per array axis (z, y, x): where each target index falls on the source grid.
 
@@ -148,13 +161,23 @@ def interpolate(block: torch.Tensor, maps: dict[int, tuple[AxisMap, int, int, in
         if axis_map.identity:
             block = block.narrow(dim, start - offset, stop - start)
             continue
-        lo = torch.from_numpy(axis_map.lo[start:stop] - offset)
-        hi = torch.from_numpy(axis_map.hi[start:stop] - offset)
         shape = [1] * block.dim()
         shape[dim] = stop - start
         weight = torch.from_numpy(axis_map.weight[start:stop]).view(shape)
-        block = blend(block.index_select(dim, lo), block.index_select(dim, hi), weight)
+        block = blend(take(block, dim, axis_map.lo[start:stop] - offset), take(block, dim, axis_map.hi[start:stop] - offset), weight)
     return block
+
+
+def take(block: torch.Tensor, dim: int, index: np.ndarray) -> torch.Tensor:
+    """``block.index_select(dim, index)``, as a strided view when ``index`` is evenly spaced (every
+    second slice of a compacted axis when downsampling): 2-5x faster than the gather, same values."""
+    if len(index) > 1:
+        steps = np.diff(index)
+        if steps[0] > 0 and np.all(steps == steps[0]):
+            where = [slice(None)] * block.dim()
+            where[dim] = slice(int(index[0]), int(index[-1]) + 1, int(steps[0]))
+            return block[tuple(where)]
+    return block.index_select(dim, torch.from_numpy(index))
 
 
 def blend(low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
