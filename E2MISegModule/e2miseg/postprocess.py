@@ -141,9 +141,11 @@ class LabelSink:
         uniform = _cell_uniform(net_labels, self.moved_maps)
         # per dimension, the block's cell (lower neighbour) of each input-grid index
         cell_of = [axis_map.lo[lo_start:lo_stop] - offset for axis_map, lo_start, lo_stop, offset in (spans[d] for d in (1, 2, 3))]
-        labels = net_labels
+        # numpy's take: torch's index_select is ~10x slower on uint8 (a 36x512x512 CT slab: 164 vs 13 ms)
+        labels = net_labels.numpy()
         for dim, index in enumerate(cell_of):
-            labels = labels.index_select(dim, torch.from_numpy(index))
+            labels = np.take(labels, index, axis=dim)
+        labels = torch.from_numpy(labels)
         # voxels whose interpolation cell holds more than one label: found on the network grid, where
         # they are few, rather than by expanding a flag per voxel to the input grid
         points = _voxels_of_cells((~uniform).nonzero().numpy(), cell_of)
