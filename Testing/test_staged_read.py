@@ -52,7 +52,15 @@ def test_staged_read_is_itks_read_of_the_original(tmp_path, dtype):
     assert_same_image(image, sitk.ReadImage(str(path)))
 
 
-def test_scaled_and_multi_member_files_read_as_itk_reads_them(tmp_path):
+@pytest.mark.parametrize("inflate", ["isal", "zlib"])
+def test_scaled_and_multi_member_files_read_as_itk_reads_them(tmp_path, monkeypatch, inflate):
+    """With ISA-L's inflate (installed with the engine) and with the standard library's zlib it falls back to."""
+    if inflate == "zlib":
+        import zlib
+
+        monkeypatch.setattr(io, "_inflate", zlib)
+    else:
+        assert io._inflate.__name__.startswith("isal")  # a dependency: the fast path must be the one tested
     plain = tmp_path / "plain.nii"
     sitk.WriteImage(oblique_image(np.int16), str(plain))
     header = bytearray(plain.read_bytes())
