@@ -214,14 +214,16 @@ def test_preprocessing_matches_simpleitk_resampling():
 
 @pytest.mark.parametrize("scheme", [{"scheme": "zscore"}, {"scheme": "percentile", "lower": 1, "upper": 99},
                                     {"scheme": "nonzero_zscore"}])
-def test_downsampling_normalises_only_the_slices_it_reads_and_gives_the_same_bits(monkeypatch, scheme):
-    """A CT-like job (0.8 mm in-plane to 3 mm): in-plane rows and columns that no network voxel reads
-    are dropped before normalising; the result is bit for bit the one without that shortcut."""
+@pytest.mark.parametrize("slice_mm,share", [(2.0, 0.35), (0.8, 0.2)])
+def test_downsampling_normalises_only_the_slices_it_reads_and_gives_the_same_bits(monkeypatch, scheme, slice_mm, share):
+    """A CT-like job (0.8 mm in-plane to 3 mm; slices of 2 mm, or 0.8 mm so that z is thinned too): rows,
+    columns and slices that no network voxel reads are dropped before normalising; the result is bit
+    for bit the one without that shortcut."""
     rng = np.random.default_rng(5)
     array = rng.integers(-1000, 1500, size=(9, 70, 66)).astype(np.int16)
     array[:, :5] = 0
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.8, 0.8, 2.0))
+    image.SetSpacing((0.8, 0.8, slice_mm))
     image.SetDirection(oblique_image().GetDirection())
     card = make_card(spacing=(3.0, 3.0, 3.0))
     card["preprocessing"]["normalization"] = scheme
@@ -239,8 +241,10 @@ def test_downsampling_normalises_only_the_slices_it_reads_and_gives_the_same_bit
     monkeypatch.setattr("e2miseg.preprocess._COMPACT_SHARE", 0.0)  # never compact
     normalised.clear()
     whole, _ = preprocess([image], card)
-    assert sum(normalised) == array.size
-    assert compacted_voxels < 0.35 * array.size  # 66 -> 18 columns read of 66, 70 -> 19 rows: 2x19 + 2x18 kept
+    whole_voxels = sum(normalised)  # every slice the slabs span (at 0.8 mm the last two of 9 are read by none)
+    assert whole_voxels == (array.size if slice_mm == 2.0 else 7 * array[0].size)
+    # in-plane 2 x 18 of 66 columns and 2 x 19 of 70 rows are read; at 0.8 mm also at most 4 of the 7 slices
+    assert compacted_voxels < share * whole_voxels
     assert np.array_equal(compacted, whole)
     expected = resample_array(normalize(array, scheme), image, grid.network_reference)
     np.testing.assert_allclose(compacted[0], expected, atol=2e-5)
