@@ -291,3 +291,37 @@ def test_dice_ce_loss_switch_keeps_the_networks_deep_supervision():
 
     with pytest.raises(E2MISegError, match="EHANet has its own loss structure"):
         make_loss(build_model("ehanet"), "dice-ce")
+
+
+def test_ema_update_warms_up_then_holds_its_decay():
+    from e2miseg_train.trainer import ema_update
+
+    update = ema_update(0.995)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(0))  # first update: decay 1/10, weight 0.9 on the new value
+    assert torch.allclose(averaged[0], torch.full((3,), 0.9))
+    averaged = [torch.zeros(3)]
+    update(averaged, current, torch.tensor(100000))  # late: the stated decay
+    assert torch.allclose(averaged[0], torch.full((3,), 0.005))
+
+
+def test_ema_run_saves_the_averaged_weights_and_resumes_them(tmp_path, tiny_plan):
+    from e2miseg.checkpoint import read_checkpoint
+    from e2miseg_train.trainer import FitOptions, fit
+
+    def options(epochs):
+        return FitOptions(out=str(tmp_path), epochs=epochs, iters_per_epoch=2, batch_size=2, val_every=1, device="cpu",
+                          threads=1, warmup_iters=0, ema_decay=0.9, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
+
+    fit(tiny_plan, options(2))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 4
+    saved, card = read_checkpoint(tmp_path / "last.safetensors")
+    assert card["provenance"]["training"]["ema_decay"] == 0.9
+    weights = [k for k in state["model"] if state["model"][k].is_floating_point() and state["model"][k].dim() > 1]
+    for name in weights:  # the checkpoint is the average, not the raw weights
+        assert torch.allclose(saved[name].float(), state["ema"][f"module.{name}"].float(), atol=1e-3)
+    assert any(not torch.allclose(state["ema"][f"module.{k}"], state["model"][k], atol=1e-4) for k in weights)
+    fit(tiny_plan, options(3))
+    resumed = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert int(resumed["ema"]["n_averaged"]) == 6  # continued, not restarted from the raw weights

@@ -64,7 +64,7 @@ def cmd_fit(args) -> int:
     plan = _apply_overrides(_plan_from(args), args)
     options = FitOptions(out=args.out, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-                         schedule_clock=args.schedule_clock, warmup_iters=args.warmup, max_minutes=args.max_minutes,
+                         schedule_clock=args.schedule_clock, warmup_iters=args.warmup, ema_decay=args.ema, max_minutes=args.max_minutes,
                          val_every=args.val_every, val_step=args.val_step, max_val_cases=args.max_val_cases,
                          save_every_minutes=args.save_every, device=args.device, threads=args.threads, seed=args.seed,
                          fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, loss=args.loss, augment=not args.no_augment,
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-clock", choices=["iterations", "time"], default="iterations",
                    help="'time' anneals the lr over --max-minutes (for budgeted runs)")
     p.add_argument("--warmup", type=int, default=50, help="linear lr warm-up iterations")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights (e.g. 0.995; 0 = off)")
     p.add_argument("--max-minutes", type=float, help="wall-clock training budget (total over resumes)")
     p.add_argument("--val-every", type=int, default=2, help="validate every N epochs")
     p.add_argument("--val-step", type=float, help="sliding-window step for validation (default: card)")

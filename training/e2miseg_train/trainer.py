@@ -58,6 +58,7 @@ class FitOptions:
     grad_clip: float = 12.0
     loss: str = "architecture"  # architecture (the network's own loss) | dice-ce (see ``make_loss``)
     augment: bool = True
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights
     amp: bool = True  # only ever used on CUDA
     cache_dir: str = "runs/cache"
     save_rank_weights: bool = False  # debugging/tests: every DDP rank writes its final weights
@@ -85,6 +86,27 @@ def lr_factor(progress: float, schedule: str, iteration: int, warmup: int) -> fl
 
 
 LOSSES = ("architecture", "dice-ce")
+
+
+def ema_update(decay: float):
+    """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: an EMA whose decay warms up.
+
+    With a fixed decay of 0.995 the average would still be mostly the random initial weights after a
+    few hundred iterations; ``(1 + n) / (10 + n)`` (as timm's and TensorFlow's EMA) lets it follow
+    the early, fast-moving weights and reach ``decay`` after about 2000 updates.
+    """
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current):  # counters (e.g. BatchNorm's num_batches_tracked) follow the model
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
 
 
 def make_loss(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -207,6 +229,7 @@ def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptio
                      "weight_decay": options.weight_decay, "schedule": options.schedule,
                      "schedule_clock": options.schedule_clock, "fg_fraction": options.fg_fraction,
                      "grad_clip": options.grad_clip, "loss": options.loss, "seed": options.seed,
+                     "ema_decay": options.ema_decay,
                      "augmentation": options.augment,
                      "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
                      "torch": torch.__version__, "trainer": "e2miseg-train"},
@@ -266,6 +289,15 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
     optimizer = make_optimizer(model, options)
     use_amp = options.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    ema = None
+    if options.ema_decay > 0:
+        if not 0 < options.ema_decay < 1:
+            raise E2MISegError(f"--ema must lie between 0 and 1 (got {options.ema_decay}); try 0.995")
+        from torch.optim.swa_utils import AveragedModel
+
+        # Buffers are averaged too, so the saved network is one consistent set of tensors.
+        ema = AveragedModel(model, multi_avg_fn=ema_update(options.ema_decay), use_buffers=True)
+        ema.module.eval()
     state: dict[str, Any] = {"iteration": 0, "epoch": 0, "train_seconds": 0.0, "best_score": -1.0, "history": []}
 
     state_path = out / "state.pt"
@@ -275,6 +307,10 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         optimizer.load_state_dict(saved["optimizer"])
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            if not saved.get("ema"):
+                raise E2MISegError(f"{state_path} was saved without --ema; resume it without --ema or start a new run folder")
+            ema.load_state_dict(saved["ema"])
         state.update({k: saved[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history")})
         say(f"resumed from {state_path} at iteration {state['iteration']} (epoch {state['epoch']}, "
             f"{state['train_seconds'] / 60:.1f} min trained)")
@@ -298,19 +334,23 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
     def save_state() -> None:
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scaler": scaler.state_dict() if scaler is not None else {}, "rng": _rng_state(),
+                   "ema": ema.state_dict() if ema is not None else {},
                    **{k: state[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history")}}
         tmp = out / ".state.pt.tmp"
         torch.save(payload, tmp)
         os.replace(tmp, state_path)
 
+    # What validation scores and the checkpoints hold: the EMA weights when --ema is on.
+    evaluated = ema.module if ema is not None else model
+
     def save_weights(name: str, best: dict[str, Any] | None) -> None:
         card_now = training_card(plan, state, options, train_names, val_names, best)
         # clone: some networks (MONAI DynUNet) alias one tensor under two names, which safetensors refuses
-        save_checkpoint(out / name, {k: v.detach().clone() for k, v in model.state_dict().items()}, card_now)
+        save_checkpoint(out / name, {k: v.detach().clone() for k, v in evaluated.state_dict().items()}, card_now)
 
     def run_validation() -> dict[str, Any]:
         started = time.time()
-        result = validate(model, card, val_arrays, device=str(device), step=options.val_step)
+        result = validate(evaluated, card, val_arrays, device=str(device), step=options.val_step)
         entry = {"epoch": state["epoch"], "iteration": state["iteration"],
                  "val_dice": {str(k): v for k, v in result["dice"].items()}, "val_mean": result["mean_dice"],
                  "val_seconds": round(time.time() - started, 1), "minutes": round(state["train_seconds"] / 60, 2)}
@@ -364,6 +404,8 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         epoch_losses.append(float(loss.detach()))
         state["iteration"] += 1
         progress_bar.update(1)
