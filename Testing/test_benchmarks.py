@@ -155,3 +155,37 @@ def test_roofline_holds_a_bf16_network_to_the_bf16_roof():
     only_f32 = conv_roofline.shares({"kind": "2d", "precision": "bf16", "gflop_per_s": 50.0},
                                     {"f32": best_of["f32"]}, {"f32": by_dims["f32"]})
     assert (only_f32["roof_precision"], only_f32["share_of_best_conv"]) == ("f32", 0.25)
+
+
+def test_layer_bound_counts_every_call_of_every_conv_and_linear_layer(one_thread):
+    """The layer-wise bound sums the FLOPs of each layer call (a layer used twice counts twice, identical
+    layers are timed once) and covers what FlopCounterMode counts for a network of convs and linears."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import conv_roofline
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 2, 3, padding=1)
+            self.down = torch.nn.Conv3d(2, 4, 2, stride=2)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = self.down(torch.relu(self.conv(self.conv(x))))  # the same layer called twice
+            return self.head(x.movedim(1, -1))
+
+    net = Twice().eval()
+    shape = (1, 2, 8, 8, 8)
+    calls = conv_roofline.network_layers(net, shape)
+    assert [type(layer).__name__ for layer, _ in calls] == ["Conv3d", "Conv3d", "Conv3d", "Linear"]
+    assert calls[2][1] == shape and calls[3][1] == (1, 4, 4, 4, 4)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        net(torch.randn(*shape))
+    bound = conv_roofline.layer_bound(net, shape, "f32", min_seconds=0.0)
+    assert bound["layer_calls"] == 4 and bound["distinct_layers"] == 3
+    assert bound["layer_gflop"] * 1e9 == pytest.approx(counter.get_total_flops())
+    assert bound["gflop_per_s"] == pytest.approx(bound["layer_gflop"] / bound["layer_seconds"])
+    assert sum(r["calls"] for r in bound["layers_by_time"]) == 4

@@ -155,3 +155,7 @@ def test_predictor_puts_the_model_in_eval_mode_without_moving_a_ready_one(monkey
     monkeypatch.setattr(net, "to", lambda *a, **k: (_ for _ in ()).throw(AssertionError("moved again")))
     again = Predictor(net, card, InferenceOptions(device="cpu", runtime="torch")).predict(volume)
     np.testing.assert_array_equal(first, again)  # deterministic: dropout is off
+    net[1].train()  # a submodule alone back in training mode is still found (the check scans every submodule)
+    third = Predictor(net, card, InferenceOptions(device="cpu", runtime="torch")).predict(volume)
+    assert not net[1].training
+    np.testing.assert_array_equal(first, third)

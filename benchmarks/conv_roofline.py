@@ -11,6 +11,12 @@
    FLOPs are counted once per batch shape with ``torch.utils.flop_counter.FlopCounterMode``
    (convolutions, matrix products, attention; 2 FLOPs per multiply-add, the convention of the sweep).
    Achieved = FLOPs of all calls / time inside the calls (stitching and resampling excluded).
+3. Layer-wise bound: every convolution and linear layer the network runs, with the input shape the
+   engine feeds it, is timed alone with eager torch (best of contiguous and channels-last, in the
+   roof's precision). FLOPs of those layers / the sum of their best times is what the network would
+   reach if each of its layers ran as fast as torch runs that layer on its own, with nothing between
+   them: an upper bound for an implementation of this architecture built from these layers, and so
+   the answer to whether the 60 % target is reachable without changing the architecture.
 
     .venv/bin/python benchmarks/conv_roofline.py [--threads 2] [--only e2miseg,ehanet,s2anet]
 
@@ -122,8 +128,70 @@ def network_rate(model_name: str, images: list[str], runtime: str, repeats: int)
             "precision": "/".join(sorted(precisions)),
             "images": [Path(i).name for i in images], "repeats": repeats, "calls": len(calls),
             "batch_shapes": sorted({"x".join(map(str, s)) for s, _ in calls}),
+            "calls_by_shape": {"x".join(map(str, s)): sum(1 for c, _ in calls if c == s) for s in {s for s, _ in calls}},
             "gflop_total": flops / 1e9, "gflop_per_call": {"x".join(map(str, s)): f / 1e9 for s, f in flops_by_shape.items()},
             "network_seconds": network, "predict_wall_seconds": wall, "gflop_per_s": flops / network / 1e9}
+
+
+def network_layers(model, shape: tuple[int, ...]) -> list[tuple[object, tuple[int, ...]]]:
+    """(layer, input shape) for every convolution / linear call of one forward pass at ``shape``."""
+    import torch
+
+    kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d, torch.nn.Linear)
+    seen: list[tuple[object, tuple[int, ...]]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, tuple(args[0].shape))))
+             for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.inference_mode():
+            model(torch.randn(*shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def layer_bound(model, shape: tuple[int, ...], dtype: str, min_seconds: float) -> dict:
+    """Sum of FLOPs / sum of best isolated times of the network's own conv and linear layers at ``shape``."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    timed: dict[tuple, tuple[float, float]] = {}  # identical layers (same type, config, shape) are timed once
+    flops_total = seconds_total = 0.0
+    calls: dict[tuple, int] = {}
+    layers = network_layers(model, shape)
+    for layer, in_shape in layers:
+        key = (repr(layer), in_shape)
+        if key not in timed:
+            alone = copy.deepcopy(layer).eval().to(torch_dtype)
+            x = torch.randn(*in_shape, dtype=torch_dtype)
+            counter = FlopCounterMode(display=False)
+            with torch.inference_mode(), counter:
+                alone(x)
+            formats = [torch.contiguous_format]
+            if x.dim() in (4, 5):
+                formats.append(torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+            best = float("inf")
+            with torch.inference_mode():
+                for fmt in formats:
+                    alone_fmt = alone.to(memory_format=fmt) if x.dim() in (4, 5) else alone
+                    inp = x.contiguous(memory_format=fmt)
+                    best = min(best, time_call(lambda: alone_fmt(inp), min_seconds))
+            timed[key] = (float(counter.get_total_flops()), best)
+        flops, seconds = timed[key]
+        flops_total += flops
+        seconds_total += seconds
+        calls[key] = calls.get(key, 0) + 1
+    per_layer = sorted(({"layer": k[0], "input": "x".join(map(str, k[1])), "calls": calls[k], "gflop": f / 1e9,
+                         "seconds": t, "gflop_per_s": f / t / 1e9 if t else 0.0} for k, (f, t) in timed.items()),
+                       key=lambda r: -r["seconds"] * r["calls"])
+    return {"dtype": dtype, "batch_shape": "x".join(map(str, shape)), "layer_calls": len(layers), "distinct_layers": len(timed),
+            "layer_gflop": flops_total / 1e9, "layer_seconds": seconds_total,
+            "gflop_per_s": flops_total / seconds_total / 1e9 if seconds_total else 0.0,
+            "fastest_layer_gflop_per_s": max((r["gflop_per_s"] for r in per_layer), default=0.0),
+            "layers_by_time": per_layer[:12]}
 
 
 def default_models(only: set[str], volumes: int) -> list[tuple[str, list[str]]]:
@@ -161,6 +229,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes over the volumes")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="timing per convolution shape")
     parser.add_argument("--runtimes", default="openvino,torch")
+    parser.add_argument("--layer-seconds", type=float, default=0.2, help="timing per layer for the layer-wise bound")
     parser.add_argument("--name", default="conv_roofline")
     args = parser.parse_args()
 
@@ -188,9 +257,19 @@ def main() -> None:
             row = network_rate(model, images, runtime, args.repeats)
             row.update(shares(row, best_of, best_by_dims_of))
             own = row["roof_precision"]
+            import e2miseg
+
+            # the engine's most frequent batch shape, layers timed in the roof's precision
+            shape = max(row["batch_shapes"], key=lambda s: row["calls_by_shape"][s])
+            bound = layer_bound(e2miseg.load_model(model, device="cpu")[0], tuple(int(v) for v in shape.split("x")),
+                                own, args.layer_seconds)
+            bound["share_of_best_conv"] = bound["gflop_per_s"] / best_of[own]["gflop_per_s"]
+            bound["fastest_layer_share_of_best_conv"] = bound["fastest_layer_gflop_per_s"] / best_of[own]["gflop_per_s"]
+            row["layer_bound"] = bound
             networks.append(row)
             print(f"{row['model']} {runtime} {row['precision']}: {row['gflop_per_s']:.1f} GFLOP/s "
-                  f"({100 * row['share_of_best_conv']:.0f} % of the best {own} convolution)", flush=True)
+                  f"({100 * row['share_of_best_conv']:.0f} % of the best {own} convolution); its layers alone: "
+                  f"{bound['gflop_per_s']:.1f} GFLOP/s ({100 * bound['share_of_best_conv']:.0f} %)", flush=True)
     info = finish_machine(info)
 
     def describe(r: dict) -> str:
@@ -202,15 +281,23 @@ def main() -> None:
         lines += [f"Best single {t} convolution (eager torch): {describe(best_of[t])}",
                   f"Best {t} 3D: {describe(best_by_dims_of[t][3])}; best {t} 2D: {describe(best_by_dims_of[t][2])}"]
     lines += ["", "| network | runtime | precision | volumes × repeats | calls | GFLOP | network s | GFLOP/s | "
-              "share of best conv in its precision (target ≥ 60 %) | share of best same-dim conv | share of best fp32 conv |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "share of best conv in its precision (target ≥ 60 %) | share of best same-dim conv | share of best fp32 conv | "
+              "layer-wise bound GFLOP/s (share of best conv) | its fastest layer alone (share) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in networks:
         lines.append(f"| {r['model']} ({r['kind']}) | {r['runtime']} | {r['precision']} | {len(r['images'])} × {r['repeats']} | "
                      f"{r['calls']} | {r['gflop_total']:.1f} | {r['network_seconds']:.2f} | {r['gflop_per_s']:.1f} | "
                      f"{100 * r['share_of_best_conv']:.0f} % | {100 * r['share_of_best_conv_same_dims']:.0f} % | "
-                     f"{100 * r['share_of_best_f32_conv']:.0f} % |")
+                     f"{100 * r['share_of_best_f32_conv']:.0f} % | "
+                     f"{r['layer_bound']['gflop_per_s']:.1f} ({100 * r['layer_bound']['share_of_best_conv']:.0f} %) | "
+                     f"{r['layer_bound']['fastest_layer_gflop_per_s']:.1f} "
+                     f"({100 * r['layer_bound']['fastest_layer_share_of_best_conv']:.0f} %) |")
     notes = ["FLOPs: FlopCounterMode (2 per multiply-add; convolutions, matrix products, attention) per batch shape the "
              "engine fed the network; network time: wall time inside the engine's network calls only.",
+             "Layer-wise bound: each convolution and linear layer of the network, at the input shape the engine's most "
+             "frequent batch gives it, timed alone with eager torch in the roof's precision (best of contiguous and "
+             "channels-last); their FLOPs over the sum of those times. No implementation built from these layers can "
+             "beat it by much, so a bound under 60 % means the target needs a different architecture, not faster code.",
              f"The sweep ({len(sweep)} timings) is in the JSON file."]
     write_results(args.name, {"machine": info, "best_conv": best, "best_conv_by_dims": {str(k): v for k, v in best_by_dims.items()},
                               "best_conv_by_precision": best_of,

@@ -9,6 +9,7 @@ them whole or to turn them into labels straight away.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Iterator, Optional
@@ -75,6 +76,11 @@ def _forward_probabilities(model, batch: torch.Tensor, flips: list[tuple[int, ..
     return total.div_(len(flips)) if len(flips) > 1 else total
 
 
+# Every submodule of a model once, so the per-case eval-mode check is a flat scan: walking
+# ``model.modules()`` (a recursive generator) took 0.45 ms for E2MISeg's 331 modules, the list 0.05 ms.
+_SUBMODULES: "weakref.WeakKeyDictionary[torch.nn.Module, list[torch.nn.Module]]" = weakref.WeakKeyDictionary()
+
+
 def _ready(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The model on ``device`` in eval mode, touching it only when it is not: ``.to()`` and ``.eval()``
     walk every submodule (about 15 ms for E2MISeg, 4 % of a hippocampus prediction in a session)."""
@@ -82,7 +88,10 @@ def _ready(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if first is not None and (first.device.type != device.type or
                               (device.index is not None and first.device.index != device.index)):
         model = model.to(device)
-    if any(module.training for module in model.modules()):
+    submodules = _SUBMODULES.get(model)
+    if submodules is None:
+        submodules = _SUBMODULES[model] = list(model.modules())
+    if any(module.training for module in submodules):
         model.eval()
     return model
 
