@@ -297,11 +297,12 @@ def test_ema_update_warms_up_then_holds_its_decay():
     from e2miseg_train.trainer import ema_update
 
     update = ema_update(0.995)
-    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    averaged, current = [torch.zeros(3), torch.tensor(0)], [torch.ones(3), torch.tensor(7)]
     update(averaged, current, torch.tensor(0))  # first update: decay 1/10, weight 0.9 on the new value
     assert torch.allclose(averaged[0], torch.full((3,), 0.9))
+    assert int(averaged[1]) == 7  # an integer buffer (a counter) is copied, not averaged
     averaged = [torch.zeros(3)]
-    update(averaged, current, torch.tensor(100000))  # late: the stated decay
+    update(averaged, current[:1], torch.tensor(100000))  # late: the stated decay
     assert torch.allclose(averaged[0], torch.full((3,), 0.005))
 
 
@@ -325,3 +326,14 @@ def test_ema_run_saves_the_averaged_weights_and_resumes_them(tmp_path, tiny_plan
     fit(tiny_plan, options(3))
     resumed = torch.load(tmp_path / "state.pt", weights_only=True)
     assert int(resumed["ema"]["n_averaged"]) == 6  # continued, not restarted from the raw weights
+
+
+def test_ema_decay_outside_zero_to_one_is_refused(tmp_path, tiny_plan):
+    from e2miseg.errors import E2MISegError
+    from e2miseg_train.trainer import FitOptions, fit
+
+    for decay in (1.0, -0.5):
+        options = FitOptions(out=str(tmp_path / str(decay)), epochs=1, iters_per_epoch=1, device="cpu", threads=1,
+                             ema_decay=decay, cache_dir=str(tmp_path / "cache"))
+        with pytest.raises(E2MISegError, match="--ema must lie between 0 and 1"):
+            fit(tiny_plan, options)
