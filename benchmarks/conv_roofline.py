@@ -28,6 +28,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -133,7 +134,7 @@ def network_rate(model_name: str, images: list[str], runtime: str, repeats: int)
             "precision": "/".join(sorted(precisions)),
             "images": [Path(i).name for i in images], "repeats": repeats, "calls": len(calls),
             "batch_shapes": sorted({"x".join(map(str, s)) for s, _ in calls}),
-            "calls_by_shape": {"x".join(map(str, s)): sum(1 for c, _ in calls if c == s) for s in {s for s, _ in calls}},
+            "calls_by_shape": dict(Counter("x".join(map(str, s)) for s, _ in calls)),
             "gflop_total": flops / 1e9, "gflop_per_call": {"x".join(map(str, s)): f / 1e9 for s, f in flops_by_shape.items()},
             "network_seconds": network, "predict_wall_seconds": wall, "gflop_per_s": flops / network / 1e9}
 
@@ -160,7 +161,6 @@ def layer_bound(model, shape: tuple[int, ...], dtype: str, min_seconds: float) -
     import copy
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
     timed: dict[tuple, tuple[float, float]] = {}  # identical layers (same type, config, shape) are timed once
@@ -170,11 +170,9 @@ def layer_bound(model, shape: tuple[int, ...], dtype: str, min_seconds: float) -
     for layer, in_shape in layers:
         key = (repr(layer), in_shape)
         if key not in timed:
+            flops = count_flops(layer, in_shape)  # the count does not depend on the precision
             alone = copy.deepcopy(layer).eval().to(torch_dtype)
             x = torch.randn(*in_shape, dtype=torch_dtype)
-            counter = FlopCounterMode(display=False)
-            with torch.inference_mode(), counter:
-                alone(x)
             formats = [torch.contiguous_format]
             if x.dim() in (4, 5):
                 formats.append(torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
@@ -184,7 +182,7 @@ def layer_bound(model, shape: tuple[int, ...], dtype: str, min_seconds: float) -
                     alone_fmt = alone.to(memory_format=fmt) if x.dim() in (4, 5) else alone
                     inp = x.contiguous(memory_format=fmt)
                     best = min(best, time_call(lambda: alone_fmt(inp), min_seconds))
-            timed[key] = (float(counter.get_total_flops()), best)
+            timed[key] = (float(flops), best)
         flops, seconds = timed[key]
         flops_total += flops
         seconds_total += seconds
@@ -245,6 +243,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # a private OpenVINO cache: conversion happens in the untimed warm-up, the user's cache is untouched
     os.environ.setdefault("E2MISEG_CACHE", tempfile.mkdtemp(prefix="e2miseg-roofline-"))
+    import e2miseg
     from e2miseg.runtime import native_bf16
 
     info = machine(args.threads)
@@ -261,8 +260,6 @@ def main() -> None:
             row = network_rate(model, images, runtime, args.repeats)
             row.update(shares(row, best_of, best_by_dims_of))
             own = row["roof_precision"]
-            import e2miseg
-
             # the engine's most frequent batch shape, layers timed in the roof's precision
             shape = max(row["batch_shapes"], key=lambda s: row["calls_by_shape"][s])
             bound = layer_bound(e2miseg.load_model(model, device="cpu")[0], tuple(int(v) for v in shape.split("x")),
