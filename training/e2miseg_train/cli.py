@@ -1,4 +1,4 @@
-"""``e2miseg-train``: plan, fit, evaluate, export."""
+"""``e2miseg-train``: plan, fit, evaluate, compare, export."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +97,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .paired import compare_evaluations
+
+    print(compare_evaluations(args.first, args.second, out=args.out, resamples=args.resamples, seed=args.seed), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2miseg-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", help="text (or a text file) for the card's provenance and the Markdown card")
     p.add_argument("--compare", nargs="+", help="summary.json files of other models on the same cases, tabled in NAME.md")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="pair two `evaluate` results case by case: Dice difference, 95 %% CI, Wilcoxon p")
+    p.add_argument("first", help="evaluate folder (or its per_case.csv) of model A")
+    p.add_argument("second", help="evaluate folder (or its per_case.csv) of model B, on the same cases")
+    p.add_argument("--out", help="folder for paired.json / paired.md")
+    p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples of the cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
