@@ -14,7 +14,7 @@ from e2miseg_train.paired import paired_dice, read_per_case, verdict
 LABELS = ("Anterior", "Posterior")
 
 
-def write_eval(folder, dice_by_label, model="m", version="1.0.0"):
+def write_eval(folder, dice_by_label, model="m"):
     """An ``evaluate`` folder: per_case.csv rows as evaluate writes them, and a summary.json."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "per_case.csv", "w", newline="", encoding="utf-8") as f:
@@ -24,7 +24,7 @@ def write_eval(folder, dice_by_label, model="m", version="1.0.0"):
             for i, dice in enumerate(scores):
                 writer.writerow({"case": f"case_{i:03d}", "label": value, "label_name": name, "dice": f"{dice:.6f}",
                                  "hd95_mm": "1.0", "pred_voxels": 10, "ref_voxels": 10})
-    (folder / "summary.json").write_text(json.dumps({"model": model, "version": version}), encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps({"model": model}), encoding="utf-8")
     return folder
 
 
@@ -76,7 +76,7 @@ def test_evaluations_of_different_cases_are_refused_with_the_case_named(tmp_path
 
 
 def test_cli_prints_and_writes_the_table_and_fails_in_one_line(tmp_path, base_scores, capsys):
-    a = write_eval(tmp_path / "a", {n: [s + 0.01 for s in v] for n, v in base_scores.items()}, model="e2miseg-x", version="1.4.0")
+    a = write_eval(tmp_path / "a", {n: [s + 0.01 for s in v] for n, v in base_scores.items()}, model="e2miseg-x")
     b = write_eval(tmp_path / "b", base_scores, model="monai-dynunet-x")
     assert main(["compare", str(a), str(b / "per_case.csv"), "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
