@@ -67,6 +67,7 @@ def test_noise_around_the_same_scores_is_not_significant_and_identical_scores_ti
         assert "CI spans 0" in verdict(r)
     for r in paired_dice(b, b):
         assert r["ties"] == 41 and r["mean_difference"] == 0 and r["ci95"] == [0.0, 0.0] and r["wilcoxon_p"] == 1.0
+        assert verdict(r) == "even"
 
 
 def test_evaluations_of_different_cases_are_refused_with_the_case_named(tmp_path, base_scores):

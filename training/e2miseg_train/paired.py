@@ -77,7 +77,9 @@ def verdict(result: dict[str, Any]) -> str:
         return "A better"
     if high < 0:
         return "B better"
-    return "A ahead, CI spans 0" if result["mean_difference"] >= 0 else "B ahead, CI spans 0"
+    if result["mean_difference"] == 0:
+        return "even"
+    return "A ahead, CI spans 0" if result["mean_difference"] > 0 else "B ahead, CI spans 0"
 
 
 def paired_markdown(results: list[dict[str, Any]], name_a: str, name_b: str) -> str:
