@@ -154,6 +154,9 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelDescriptionLabel.text = _("This model cannot be used: {error}").format(error=exc)
             else:
                 channels = len(card["channels"])
+                from E2MISegModuleLib.Parameters import showSettings
+
+                showSettings(self._parameterNode, self.logic.modelDefaults(name))  # the model's own defaults
                 self.ui.modelDescriptionLabel.text = _("{description}\nSegments: {labels}\nInputs: {channels}\n"
                                                        "Licence: {licence}").format(
                     description=card.get("description", ""), labels=", ".join(l["name"] for l in card["labels"]),

@@ -152,7 +152,7 @@ def test_predict_api_refine_edges_zero_strength_is_identity(checkpoint, hippocam
 def test_predict_rejects_bad_edge_flags_before_loading(tmp_path, hippocampus_image, capsys):
     code = main(["predict", str(hippocampus_image), "-o", str(tmp_path / "o.nii.gz"), "--model", "no-such-model",
                  "--edge-strength", "3"])
-    assert code == 1 and "outside 0..1" in capsys.readouterr().err
+    assert code == 2 and "edge_strength (--edge-strength) 3.0 is outside 0..1" in capsys.readouterr().err
     code = main(["predict", str(hippocampus_image), "-o", str(tmp_path / "o.nii.gz"), "--model", "no-such-model",
                  "--uncertainty", str(tmp_path / "u.png")])
     assert code == 5 and "uncertainty output" in capsys.readouterr().err

@@ -22,6 +22,7 @@ psutil = pytest.importorskip("psutil")
 from conftest import oblique_image  # noqa: E402
 from e2miseg.cli import main as cli_main  # noqa: E402
 from e2miseg.errors import Cancelled, CheckpointError, InputImageError  # noqa: E402
+from e2miseg.settings import SettingsError  # noqa: E402
 from helpers import HIPPOCAMPUS_LABELS, make_e2miseg_checkpoint  # noqa: E402
 
 from E2MISegModuleLib import E2MISegLogic, EngineError, killProcessTree  # noqa: E402
@@ -125,9 +126,8 @@ def test_subprocess_run_matches_the_cli_and_carries_the_model_card(tmp_path, log
         assert segmentTag(segment, LABEL_TAG) == str(label["value"])
     assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
 
-    # the logic refines edges by default whenever the engine can; the CLI must be asked to
-    edge_flags = ["--refine-edges"] if E2MISegLogic.engineSupportsEdgeRefinement() else []
-    expected = cli_labels(hippocampus_image, checkpoint, tmp_path / "cli.nii.gz", "--fast", *edge_flags)
+    # the logic and the CLI resolve unset options the same way (the card's defaults, then the engine's)
+    expected = cli_labels(hippocampus_image, checkpoint, tmp_path / "cli.nii.gz", "--fast")
     assert set(np.unique(expected)) == {0, 1, 2}, "the tiny model should predict every label for a meaningful test"
     np.testing.assert_array_equal(model_label_array(logic, node, volume), expected)
 
@@ -326,15 +326,15 @@ def test_engine_killed_from_outside_is_a_clear_error_and_no_change(logic, checkp
     assert logic.activeTask is None
 
 
-def test_engine_error_line_reaches_the_caller(logic, checkpoint, hippocampus_image):
-    # the engine checks its arguments before loading anything: its one-line error must come back as is
-    if not E2MISegLogic.engineAccepts("edge_strength", "--edge-strength"):
-        pytest.skip("this engine has no --edge-strength to refuse")
+def test_out_of_range_setting_is_refused_before_anything_runs(logic, checkpoint, hippocampus_image):
+    # the settings object checks its ranges itself: one line naming the option and its range, no engine started
     volume, node = _scene_with_user_work(logic, hippocampus_image)
     before = scene_state(logic)
-    with pytest.raises(EngineError, match=r"^--edge-strength 2\.0 is outside 0\.\.1; use 0") as error:
+    with pytest.raises(SettingsError, match=r"^edge_strength \(--edge-strength\) 2\.0 is outside 0\.\.1$") as error:
         logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", edgeStrength=2.0)
-    assert "\n" not in str(error.value) and error.value.exit_code == 1
+    assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+    with pytest.raises(TypeError, match="unknown setting 'edgeStrenght'"):
+        logic.process(volume, model=str(checkpoint), edgeStrenght=0.5)
     assert scene_state(logic) == before
     assert logic.activeTask is None
 
@@ -343,7 +343,7 @@ def test_run_options_reach_the_engine_command(logic, checkpoint, hippocampus_ima
     volume = logic.loadVolume(hippocampus_image)
     before = scene_state(logic)
     task = logic.process(volume, model=str(checkpoint), device="cpu", quality="normal+tta", keepLargest=True,
-                         minIslandMm3=12.5, edgeStrength=0.6, waitForCompletion=False)
+                         minIslandMm3=12.5, refineEdges=True, edgeStrength=0.6, waitForCompletion=False)
     command = task.runner.command
     written = sitk.ReadImage(command[4])  # the volume node as the engine reads it
     logic.cancel()  # killed before the engine even imports torch
@@ -351,11 +351,12 @@ def test_run_options_reach_the_engine_command(logic, checkpoint, hippocampus_ima
         task.wait()
     assert not os.path.exists(command[4])  # temporary files are gone
     assert command[:4] == [sys.executable, "-m", "e2miseg.cli", "predict"]
-    assert "--tta" in command and "--fast" not in command and "--keep-largest" in command
+    assert command[command.index("--quality") + 1] == "normal+tta" and "--keep-largest" in command
     assert command[command.index("--min-island-mm3") + 1] == "12.5"
     assert command[command.index("--device") + 1] == "cpu" and "--json-progress" in command
-    if E2MISegLogic.engineSupportsEdgeRefinement():
-        assert "--refine-edges" in command and command[command.index("--edge-strength") + 1] == "0.6"
+    assert "--refine-edges" in command and command[command.index("--edge-strength") + 1] == "0.6"
+    # options not given are left to the engine, which resolves them against the same card
+    assert "--edge-method" not in command and "--step" not in command
     original = sitk.ReadImage(str(hippocampus_image))  # same voxels and geometry as the file Slicer loaded
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(original))
     for get in (sitk.Image.GetSpacing, sitk.Image.GetOrigin, sitk.Image.GetDirection):
@@ -386,7 +387,54 @@ def test_bad_inputs_are_refused_before_anything_runs(logic, checkpoint, hippocam
     with pytest.raises(InputImageError, match="not an image volume"):
         logic.process(labelmap, model=str(checkpoint))
     logic.scene.RemoveNode(labelmap)
-    with pytest.raises(Exception, match="unknown quality"):
+    with pytest.raises(SettingsError, match="quality .* 'best' is not one of fast, normal, normal\\+tta"):
         logic.process(volume, model=str(checkpoint), quality="best")
     assert scene_state(logic)["nodes"] == before["nodes"]
     assert logic.activeTask is None
+
+
+@pytest.fixture(scope="module")
+def checkpoint_with_defaults(tmp_path_factory):
+    """The tiny model with a card that sets its own defaults (edge refinement on, largest component kept)."""
+    from e2miseg.checkpoint import read_checkpoint, save_checkpoint
+
+    path = make_e2miseg_checkpoint(tmp_path_factory.mktemp("models") / "plain.safetensors", spacing=(3.0, 3.0, 3.0))
+    tensors, card = read_checkpoint(path)
+    card["defaults"] = {"keep_largest": True, "refine_edges": True, "edge_method": "meanfield", "edge_strength": 0.8,
+                        "quality": "fast"}
+    target = path.with_name("with-defaults.safetensors")
+    save_checkpoint(target, tensors, card)
+    return target
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["subprocess", "in-process"])
+def test_no_options_gives_the_cli_labels_voxel_for_voxel(tmp_path, logic, hippocampus_image, in_process):
+    # The bundled model, no options anywhere: the module and `e2miseg predict` must not disagree on one voxel.
+    volume = logic.loadVolume(hippocampus_image)
+    node = logic.process(volume, model="e2miseg-hippocampus", inProcess=in_process)
+    out = tmp_path / "cli.nii.gz"
+    assert cli_main(["predict", str(hippocampus_image), "-o", str(out), "--model", "e2miseg-hippocampus"]) == 0
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert {1, 2} <= set(np.unique(expected))
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), expected)
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["subprocess", "in-process"])
+def test_card_defaults_apply_in_the_module_as_in_the_cli(tmp_path, logic, checkpoint_with_defaults, hippocampus_image,
+                                                          in_process):
+    volume = logic.loadVolume(hippocampus_image)
+    assert logic.modelDefaults(str(checkpoint_with_defaults)).edge_strength == 0.8  # what the widget shows
+    node = logic.process(volume, model=str(checkpoint_with_defaults), device="cpu", inProcess=in_process)
+    by_default = cli_labels(hippocampus_image, checkpoint_with_defaults, tmp_path / "defaults.nii.gz")
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), by_default)
+    # the card's defaults really ran: the same as asking for them explicitly ...
+    spelled_out = cli_labels(hippocampus_image, checkpoint_with_defaults, tmp_path / "spelled.nii.gz", "--keep-largest",
+                             "--refine-edges", "--edge-strength", "0.8", "--quality", "fast")
+    np.testing.assert_array_equal(by_default, spelled_out)
+    # ... and an explicit argument wins over them, in the module as in the CLI
+    plain_cli = cli_labels(hippocampus_image, checkpoint_with_defaults, tmp_path / "plain.nii.gz", "--no-keep-largest",
+                           "--no-refine-edges")
+    assert (plain_cli != by_default).any()
+    node = logic.process(volume, model=str(checkpoint_with_defaults), device="cpu", inProcess=in_process,
+                         keepLargest=False, refineEdges=False)
+    np.testing.assert_array_equal(model_label_array(logic, node, volume), plain_cli)

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -23,15 +24,24 @@ import SimpleITK as sitk
 import slicer
 
 from e2miseg.errors import E2MISegError, InputImageError
+from e2miseg.settings import DEVICES, QUALITIES, Settings
+from e2miseg.settings import resolve as resolveSettings
 
 from .InferenceRunner import (InProcessRunner, SubprocessRunner, cliOptionStrings, progressEvent, pythonExecutable,
                               subprocessEnvironment)
 from .SegmentationImport import importLabelImage, placeBesideInput, volumeNodeToImage
 
-QUALITY_OPTIONS = {"fast": {"fast": True}, "normal": {}, "normal+tta": {"tta": True}}
-DEVICES = ("auto", "cpu", "cuda", "mps")
+QUALITY_OPTIONS = QUALITIES
+SETTING_NAMES = {spec.name for spec in dataclasses.fields(Settings)}
 ProgressCallback = Callable[[dict], None]
 UNCERTAINTY_FILE = "uncertainty.nrrd"
+
+
+def describeSettings(settings: Settings) -> str:
+    """'quality normal, keep largest on, islands < 0 mm³, edge refinement off' for the log."""
+    edges = f"{settings.edge_method} {settings.edge_strength:g}" if settings.refine_edges else "off"
+    return (f"quality {settings.quality}, keep largest {'on' if settings.keep_largest else 'off'}, "
+            f"islands < {settings.min_island_mm3:g} mm³ removed, edge refinement {edges}")
 
 
 class SegmentationTask:
@@ -169,6 +179,16 @@ class E2MISegLogic:
             self._cards[key] = (stored.path, read_card(stored.path))
         return self._cards[key]
 
+    def modelDefaults(self, model: Union[str, os.PathLike]) -> Settings:
+        """What a run of ``model`` with no options uses (the card's defaults over the engine's): the
+        widget shows these in its controls when the model is selected."""
+        return self.resolvedSettings(self.modelCard(model)[1], None)
+
+    @staticmethod
+    def resolvedSettings(card: dict, explicit: Optional[Settings]) -> Settings:
+        """``explicit`` over the card's defaults over the engine's: the engine's own resolver."""
+        return resolveSettings(explicit, card)
+
     @staticmethod
     def importModel(path: Union[str, os.PathLike]) -> str:
         """Copy a checkpoint into the user's model store; return its name."""
@@ -194,7 +214,7 @@ class E2MISegLogic:
         if inProcess:
             from e2miseg import api
 
-            return keyword in inspect.signature(api.predict).parameters
+            return keyword in inspect.signature(api.predict).parameters or keyword in SETTING_NAMES
         return flag in cliOptionStrings()
 
     @classmethod
@@ -204,22 +224,23 @@ class E2MISegLogic:
 
     # ---- running ------------------------------------------------------------------------
 
-    def process(self, inputVolumes, model: Union[str, os.PathLike], outputSegmentation=None, device: str = "auto",
-                quality: str = "normal", refineEdges: bool = True, progressCallback: Optional[ProgressCallback] = None,
-                waitForCompletion: bool = True, inProcess: bool = False, keepLargest: bool = False,
-                minIslandMm3: float = 0.0, edgeStrength: Optional[float] = None, uncertainty: bool = False,
-                uncertaintyVolume=None):
+    def process(self, inputVolumes, model: Union[str, os.PathLike], outputSegmentation=None, settings: Optional[Settings] = None,
+                progressCallback: Optional[ProgressCallback] = None, waitForCompletion: bool = True, inProcess: bool = False,
+                uncertainty: bool = False, uncertaintyVolume=None, **options):
         """Segment ``inputVolumes`` with ``model``; return the segmentation node.
+
+        How it segments is an ``e2miseg.settings.Settings``: pass one as ``settings``, or its fields as
+        keywords in camelCase (they win over ``settings``): ``device`` (auto, cpu, cuda, cuda:N, mps),
+        ``quality`` (fast, normal, normal+tta), ``keepLargest``, ``minIslandMm3``, ``refineEdges``,
+        ``edgeMethod``, ``edgeStrength``, ``step``, ``runtime``, ``precision``. What is not given comes
+        from the model card's defaults, then the engine's, decided by the engine exactly as for
+        ``e2miseg predict``: with no options the labels are the command line's, voxel for voxel.
 
         :param inputVolumes: a scalar volume node, or one per model channel (all on one grid).
         :param model: a model store name (see ``availableModels()``) or a ``.safetensors`` file.
         :param outputSegmentation: a segmentation node to update (only the model's own segments are
             replaced; the user's segments and edits elsewhere are kept), or None for a new node
             placed beside the input volume in the subject hierarchy.
-        :param device: auto, cpu, cuda (or cuda:N) or mps.
-        :param quality: fast (coarser sliding-window step), normal, or normal+tta (mirror test-time augmentation).
-        :param refineEdges: refine segment edges against the image when the installed engine supports it
-            (else logged and skipped); ``edgeStrength`` 0..1 (None: the engine's default).
         :param uncertainty: also import the boundary uncertainty of the network's probabilities into a
             volume node (``uncertaintyVolume`` when given, else a new one; ``task.uncertaintyVolume``) with
             its own colour table, and its ranked regions into ``self.edgeLogic`` ("next uncertain edge").
@@ -228,45 +249,40 @@ class E2MISegLogic:
         :param waitForCompletion: False returns a ``SegmentationTask`` at once; call its ``poll()``
             (e.g. from a timer) until True, then read ``segmentationNode`` / ``error``.
         :param inProcess: run ``e2miseg.predict`` in this process on a worker thread instead of a subprocess.
-        :raises e2miseg.errors.E2MISegError: bad input, bad model, engine failure; ``Cancelled`` after cancel().
+        :raises e2miseg.errors.E2MISegError: bad input, bad model, engine failure; ``Cancelled`` after cancel();
+            ``e2miseg.settings.SettingsError`` (also a ``ValueError``) for a setting outside its range.
         """
         if self.activeTask is not None and not self.activeTask.finished:
             raise E2MISegError("a segmentation is already running; wait for it or cancel it first")
-        volumes = self._checkInputs(inputVolumes, outputSegmentation, device, quality)
+        explicit = Settings.from_options(**options).over(settings or Settings())  # range errors before anything runs
+        volumes = self._checkInputs(inputVolumes, outputSegmentation)
         modelPath, card = self.modelCard(model)
         if len(volumes) != len(card["channels"]):
             wanted = ", ".join(channel["name"] for channel in card["channels"])
             raise InputImageError(f"model '{card['name']}' needs {len(card['channels'])} input volume(s) ({wanted}) "
                                   f"but {len(volumes)} were given; select one volume per channel")
-        options: dict[str, Any] = {**QUALITY_OPTIONS[quality], "keep_largest": keepLargest,
-                                   "min_island_mm3": float(minIslandMm3)}
-        if self.engineSupportsEdgeRefinement(inProcess):
-            options["refine_edges"] = bool(refineEdges)
-            if refineEdges and edgeStrength is not None and self.engineAccepts("edge_strength", "--edge-strength", inProcess):
-                options["edge_strength"] = float(edgeStrength)
-        elif refineEdges:
-            self.log("Edge refinement is not available in this engine version; segmenting without it.")
-        if uncertainty and self.engineAccepts("return_probabilities", "--uncertainty", inProcess):
-            options["return_probabilities"] = True
-        elif uncertainty:
-            self.log("This engine version cannot write an uncertainty map; segmenting without it.")
+        wantProbabilities = bool(uncertainty)
+        device = explicit.device or "auto"
+        resolved = self.resolvedSettings(card, explicit)
+        options = explicit  # the engine resolves the rest against the same card: one resolver
         self.log(f"Segmenting '{volumes[0].GetName()}' with {card['name']} {card['version']} "
-                 f"(device {device}, quality {quality}, {'in-process' if inProcess else 'subprocess'})")
+                 f"(device {device}, {describeSettings(resolved)}, {'in-process' if inProcess else 'subprocess'})")
         # files: the engine's input and output (subprocess) and the uncertainty map (both ways)
-        tempDir = tempfile.mkdtemp(prefix="e2miseg-") if not inProcess or options.get("return_probabilities") else None
+        tempDir = tempfile.mkdtemp(prefix="e2miseg-") if not inProcess or wantProbabilities else None
         try:
             if inProcess:
+                # the model is loaded on ``device`` by the loader; predict keeps it there
                 runner = InProcessRunner([volumeNodeToImage(v) for v in volumes], self._modelLoader(modelPath, device),
-                                         {"device": None, **options})
+                                         {"settings": options.replace(device=None), "return_probabilities": wantProbabilities})
             else:
-                runner = SubprocessRunner(self._command(volumes, modelPath, device, options, Path(tempDir)),
+                runner = SubprocessRunner(self._command(volumes, modelPath, options, Path(tempDir), wantProbabilities),
                                           subprocessEnvironment(), self.log)
         except BaseException:
             shutil.rmtree(tempDir or "", ignore_errors=True)
             raise
         task = SegmentationTask(self, runner, card, volumes[0], outputSegmentation, progressCallback, tempDir,
                                 uncertaintyVolume)
-        task.uncertaintyRequested = bool(options.get("return_probabilities"))
+        task.uncertaintyRequested = wantProbabilities
         self.activeTask = task
         try:
             runner.start()
@@ -289,7 +305,7 @@ class E2MISegLogic:
         if self.activeTask is not None:
             self.activeTask.cancel()
 
-    def _checkInputs(self, inputVolumes, outputSegmentation, device: str, quality: str) -> list:
+    def _checkInputs(self, inputVolumes, outputSegmentation) -> list:
         volumes = list(inputVolumes) if isinstance(inputVolumes, (list, tuple)) else [inputVolumes]
         if not volumes or volumes[0] is None:
             raise InputImageError("no input volume given; select the volume to segment")
@@ -305,33 +321,17 @@ class E2MISegLogic:
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
             raise E2MISegError(f"'{outputSegmentation.GetName()}' is not a segmentation node; "
                                f"select a segmentation or none to create one")
-        if quality not in QUALITY_OPTIONS:
-            raise E2MISegError(f"unknown quality '{quality}'; use {', '.join(QUALITY_OPTIONS)}")
-        if device not in DEVICES and not device.startswith("cuda:"):
-            raise E2MISegError(f"unknown device '{device}'; use {', '.join(DEVICES)}")
         return volumes
 
-    def _command(self, volumes: list, modelPath: Path, device: str, options: dict, tempDir: Path) -> list[str]:
+    def _command(self, volumes: list, modelPath: Path, settings: Settings, tempDir: Path, wantProbabilities: bool) -> list[str]:
         inputs = []
         for index, volume in enumerate(volumes):
             path = tempDir / f"channel{index}.nrrd"
             sitk.WriteImage(volumeNodeToImage(volume), str(path))  # exact geometry, LPS as files expect
             inputs.append(str(path))
         command = [pythonExecutable(), "-m", "e2miseg.cli", "predict", *inputs, "-o", str(tempDir / "labels.nrrd"),
-                   "--model", str(modelPath), "--device", device, "--json-progress"]
-        if options.get("fast"):
-            command.append("--fast")
-        if options.get("tta"):
-            command.append("--tta")
-        if options.get("keep_largest"):
-            command.append("--keep-largest")
-        if options.get("min_island_mm3"):
-            command += ["--min-island-mm3", str(options["min_island_mm3"])]
-        if options.get("refine_edges"):  # only present when the engine has the flag
-            command.append("--refine-edges")
-            if "edge_strength" in options:
-                command += ["--edge-strength", str(options["edge_strength"])]
-        if options.get("return_probabilities"):
+                   "--model", str(modelPath), "--json-progress", *settings.to_cli()]
+        if wantProbabilities:
             command += ["--uncertainty", str(tempDir / UNCERTAINTY_FILE)]
         return command
 

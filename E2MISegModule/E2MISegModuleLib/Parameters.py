@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
+import slicer
 from e2miseg.edges.defaults import DEFAULT_STRENGTH
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -41,7 +42,8 @@ class E2MISegParameterNode:
     inputVolume - the volume to segment (the model's first channel).
     extraVolume1..3 - further channels, for models with several inputs (e.g. T1, T2, FLAIR).
     model - model store name.
-    device, quality, refineEdges, edgeStrength, keepLargest, minIslandMm3 - run settings.
+    device, quality, refineEdges, edgeStrength, keepLargest, minIslandMm3 - run settings (e2miseg.settings.Settings);
+        selecting a model puts its card's defaults here.
     outputSegmentation - the segmentation to update; none creates a new one.
     edgeRoi, refineStrength - "Refine edges" of the Edges section: only inside this ROI (none: everywhere), how strongly.
     """
@@ -53,13 +55,26 @@ class E2MISegParameterNode:
     model: str = ""
     device: Device = Device.auto
     quality: Quality = Quality.normal
-    refineEdges: bool = True
+    refineEdges: bool = False  # each model's own default replaces these when it is selected (card "defaults")
     edgeStrength: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_STRENGTH
     keepLargest: bool = False
     minIslandMm3: Annotated[float, WithinRange(0.0, 1.0e6)] = 0.0
     outputSegmentation: vtkMRMLSegmentationNode
     edgeRoi: vtkMRMLMarkupsROINode
     refineStrength: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_STRENGTH
+
+
+def showSettings(parameterNode, settings) -> None:
+    """Put resolved run settings (``E2MISegLogic.modelDefaults``: the card's, else the engine's) into the
+    controls, so Segment with untouched controls gives what `e2miseg predict` gives for this model."""
+    if parameterNode is None:
+        return
+    with slicer.util.NodeModify(parameterNode.parameterNode):  # one GUI update, not five
+        parameterNode.quality = Quality(settings.quality)
+        parameterNode.keepLargest = settings.keep_largest
+        parameterNode.minIslandMm3 = settings.min_island_mm3
+        parameterNode.refineEdges = settings.refine_edges
+        parameterNode.edgeStrength = settings.edge_strength
 
 
 def progressText(event: dict) -> str:

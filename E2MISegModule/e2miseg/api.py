@@ -17,10 +17,12 @@ import torch
 from .checkpoint import load_weights_into, read_checkpoint, sha256_of
 from .errors import CheckpointError
 from .inference import InferenceOptions, Predictor, resolve_device
-from .postprocess import LabelSink, clean_labels, labels_on_input_grid, probability_image
+from .postprocess import LabelSink, finish_labels, labels_on_input_grid, probability_image
 from .preprocess import preprocess
 from .progress import CancelToken, ProgressCallback, Reporter
 from .resample import Geometry
+from .settings import Settings
+from .settings import resolve as resolve_settings
 from .store import resolve
 from .validate import read_checked_channels
 
@@ -60,41 +62,42 @@ def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> tuple[t
 
 
 def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | str | os.PathLike,
-            card: dict[str, Any] | None = None, *, device: str | None = None, step: float | None = None,
-            fast: bool = False, tta: bool = False, batch_size: int | None = None, keep_largest: bool = False,
-            min_island_mm3: float = 0.0, return_probabilities: bool = False,
+            card: dict[str, Any] | None = None, settings: Settings | None = None, *, return_probabilities: bool = False,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-            refine_edges: bool = False, edge_strength: float | None = None, runtime: str | None = None,
-            precision: str | None = None, timings: dict[str, float] | None = None):
+            timings: dict[str, float] | None = None, **options: Any):
     """Segment one case: file paths or SimpleITK images in, a uint8 label image on the input grid out.
 
+    How it is segmented is a ``Settings`` (``e2miseg.settings``): pass one, or its fields as keywords
+    (``keep_largest=True``, ``quality="fast"``, ``refine_edges=True``, ``edge_strength=0.5``,
+    ``device``, ``step``, ``runtime``, ``precision``, ...); keywords win over ``settings``. What neither
+    decides comes from the model card's ``defaults``, then the engine's (``settings.resolve``), exactly
+    as ``e2miseg predict`` and the Slicer module decide it.
+
     Memory stays bounded on large volumes: probabilities are stitched, resampled to the input grid
-    and turned into labels slab by slab. ``return_probabilities`` and ``refine_edges`` need the whole
+    and turned into labels slab by slab. ``return_probabilities`` and edge refinement need the whole
     probability map (one float32 volume per class on the input grid), so they take more memory.
 
     :param images: one path/image per channel, a 4D image, or a DICOM series folder.
     :param model: a network from ``load_model`` (carrying ``.card``), or a store name or checkpoint path.
-    :param device: None keeps the model's device; otherwise auto, cpu, cuda or mps.
-    :param runtime: auto (OpenVINO on the CPU when installed, else PyTorch), torch or openvino.
-    :param precision: auto (float16 autocast on CUDA; bfloat16 for the networks that gain from it on
-        CPUs with native bfloat16; else fp32), f32, bf16 or f16; env ``E2MISEG_PRECISION``.
+    :param settings: run settings; ``device`` None keeps the model's device.
     :param return_probabilities: also return the class probabilities on the input grid (vector image).
     :param progress: called with ``ProgressEvent`` (stage, done, total, eta_s).
     :param cancel: anything with ``is_set()`` (e.g. ``threading.Event``); checked between tiles.
-    :param refine_edges: refine edges against the image in a narrow band (``e2miseg.edges``).
-    :param edge_strength: 0 (off) .. 1; None is the measured default (``e2miseg.edges.DEFAULT_STRENGTH``).
     :param timings: if given, filled with seconds per stage: load (model, when given by name),
         read, preprocess, compile (network runtime set-up), network, stitch (stitching, resampling
         and labelling interleaved with the network), postprocess, total.
+    :raises e2miseg.settings.SettingsError: (a ``ValueError``) a setting outside its range.
     """
+    explicit = Settings.from_options(**options).over(settings or Settings())
     clock = _Clock(timings)
     reporter = Reporter(progress, cancel)
     reporter.report("load", 0, 1)
     if not isinstance(model, torch.nn.Module):
-        model, card = load_model(model, device or "auto")
+        model, card = load_model(model, explicit.device or "auto")
     card = card or getattr(model, "card", None)
     if card is None:
         raise CheckpointError("predict() needs the model card: pass card=... or a model from e2miseg.load_model")
+    chosen = resolve_settings(explicit, card)
     clock.lap("load")
     channels = read_checked_channels(images, card)  # headers are checked before any voxel is read
     reporter.report("load", 1, 1)
@@ -104,15 +107,15 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     reporter.report("preprocess", 1, 1)
     clock.lap("preprocess")
     reference = Geometry.of(channels[0])
-    keep_image = channels[0] if refine_edges else None
+    keep_image = channels[0] if chosen.refine_edges else None
     del channels  # the input's voxels are not needed any more (unless the caller holds them)
-    if device is None:
-        device = str(next(model.parameters()).device)
-    predictor = Predictor(model, card, InferenceOptions(device=device, step=step, fast=fast, tta=tta, batch_size=batch_size,
-                                                         runtime=runtime, precision=precision))
+    device = chosen.device or str(next(model.parameters()).device)
+    predictor = Predictor(model, card, InferenceOptions(device=device, step=chosen.step, fast=chosen.fast, tta=chosen.tta,
+                                                         batch_size=chosen.batch_size, runtime=chosen.runtime,
+                                                         precision=chosen.precision))
     clock.lap("compile")
     probability_map = None
-    if refine_edges or return_probabilities:
+    if chosen.refine_edges or return_probabilities:
         probabilities = predictor.predict(array, reporter)
         del array
         clock.split("infer", predictor)
@@ -128,11 +131,7 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
         reporter.report("postprocess", 0, 1)
         labels = sink.image()
         del sink
-    if refine_edges:
-        from .edges import refine_prediction
-
-        labels = refine_prediction(keep_image, labels, probability_map, strength=edge_strength)
-    labels = clean_labels(labels, [entry["value"] for entry in card["labels"]], keep_largest, min_island_mm3)
+    labels = finish_labels(labels, card, chosen, keep_image, probability_map)
     result = (labels, probability_map) if return_probabilities else labels
     clock.lap("postprocess")
     reporter.report("postprocess", 1, 1)

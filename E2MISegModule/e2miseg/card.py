@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from .errors import CheckpointError
+from .settings import Settings, SettingsError, card_defaults_schema
 
 CARD_FORMAT_VERSION = 1
 
@@ -122,6 +123,9 @@ CARD_SCHEMA: dict[str, Any] = {
             },
             "additionalProperties": False,
         },
+        # the model's own run settings (keep largest, islands, edge refinement, quality), chosen on its
+        # validation split by `e2miseg-train choose-defaults`, with the comparison that chose them
+        "defaults": card_defaults_schema(),
         "provenance": {"type": "object"},
         "license": {"type": "string", "minLength": 1},
         "attribution": {"type": "string"},
@@ -168,6 +172,10 @@ def validate_card(card: Any) -> dict[str, Any]:
         raise CheckpointError("model card field 'inference/patch_size_zyx': a 2D/2.5D model takes a 2-element in-plane size")
     if kind == "2.5d" and inference["slices"] % 2 == 0:
         raise CheckpointError("model card field 'inference/slices': a 2.5D stack needs an odd number of slices")
+    try:
+        Settings.from_card(card)
+    except SettingsError as exc:
+        raise CheckpointError(f"model card field 'defaults': {exc}; fix the card or re-export the checkpoint") from None
     has_global = "normalization" in card["preprocessing"]
     if not has_global and not all("normalization" in ch for ch in card["channels"]):
         raise CheckpointError("model card field 'preprocessing/normalization': give a normalization for all channels or one per channel")

@@ -80,6 +80,13 @@ def _cancel_on_signal() -> threading.Event:
     return cancel
 
 
+def _settings_of(args):
+    """The run settings the flags decide (absent flags stay None: the model card decides those)."""
+    from .settings import Settings
+
+    return Settings.from_args(args)
+
+
 def cmd_predict(args) -> int:
     from .cohort import is_cohort_folder, run_cohort
 
@@ -93,6 +100,7 @@ def cmd_predict(args) -> int:
     from .cli_refine import check_predict_edge_args, write_prediction_uncertainty
 
     check_predict_edge_args(args)
+    settings = _settings_of(args)
     from .checkpoint import read_card
     from .store import resolve
     from .validate import read_checked_channels
@@ -105,12 +113,9 @@ def cmd_predict(args) -> int:
     from .io import write_result
 
     progress = _progress_for(args)
-    model, card = api.load_model(args.model, args.device)
-    labels = api.predict(channels, model, card, step=args.step, fast=args.fast, tta=args.tta,
-                         keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
-                         progress=progress, cancel=cancel, refine_edges=args.refine_edges, edge_strength=args.edge_strength,
-                         return_probabilities=bool(args.uncertainty), runtime=args.runtime,
-                         precision=args.precision)
+    model, card = api.load_model(args.model, settings.device or "auto")
+    labels = api.predict(channels, model, card, settings, progress=progress, cancel=cancel,
+                         return_probabilities=bool(args.uncertainty))
     labels, probabilities = labels if args.uncertainty else (labels, None)
     if isinstance(progress, TqdmProgress):
         progress.close()
@@ -178,17 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image file(s) of one case, a DICOM series folder, or a folder of cases")
     p.add_argument("-o", "--output", required=True, help="output .seg.nrrd / .nii.gz / .nrrd / .mha (a folder for cohorts)")
     p.add_argument("--model", required=True, help="model name from `e2miseg models list` or a .safetensors file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--step", type=float, default=None, help="sliding-window step as a fraction of the patch (default from the model)")
-    p.add_argument("--fast", action="store_true", help="coarser step for a quicker result")
-    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (slower, sometimes more accurate)")
-    p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None,
-                   help="network runtime: auto = OpenVINO on the CPU when installed, else PyTorch (env E2MISEG_RUNTIME)")
-    p.add_argument("--precision", choices=["auto", "f32", "bf16", "f16"], default=None,
-                   help="arithmetic: auto = float16 autocast on CUDA, bfloat16 for the bundled networks on CPUs with native "
-                        "bfloat16, else fp32 (env E2MISEG_PRECISION)")
-    p.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
-    p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this volume")
+    from .settings import Settings
+
+    Settings.add_arguments(p.add_argument_group("settings (each defaults to the model card's choice, else the engine's)"))
     p.add_argument("--json-progress", action="store_true", help="print one JSON progress object per line on stdout")
     p.add_argument("--preview", help="also write a PNG overlay preview (mid slices in three orientations)")
     p.add_argument("--format", default=".seg.nrrd", help="output extension for cohort runs (default .seg.nrrd)")

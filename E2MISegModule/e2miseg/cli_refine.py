@@ -11,12 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import E2MISegError, InputImageError, OutputError
+from .errors import InputImageError, OutputError
 
 
 def add_predict_edge_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--refine-edges", action="store_true", help="refine segment edges against the image after the network")
-    parser.add_argument("--edge-strength", type=float, default=None, help="edge refinement strength 0 (off) .. 1 (default 0.3)")
     parser.add_argument("--uncertainty", default=None,
                         help="also write the boundary uncertainty map here (.nii.gz/.nrrd) and its ranked regions beside it (.regions.json)")
 
@@ -47,8 +45,6 @@ def _check_map_output(path: str, what: str) -> None:
 
 def check_predict_edge_args(args) -> None:
     """Called before the model loads, so a bad flag costs milliseconds."""
-    if args.edge_strength is not None and not 0.0 <= args.edge_strength <= 1.0:
-        raise E2MISegError(f"--edge-strength {args.edge_strength} is outside 0..1; use 0 (off) to 1 (strongest)")
     if args.uncertainty:
         _check_map_output(args.uncertainty, "uncertainty output")
 

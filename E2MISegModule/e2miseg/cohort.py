@@ -77,7 +77,10 @@ def run_cohort(folder: Path, output: Path, args) -> int:
     if not os.access(output, os.W_OK):
         raise OutputError(f"output folder {output} is not writable; choose a folder you can write to")
     names, rank, world = shard(sorted(cases))
-    model, card = api.load_model(args.model, args.device)
+    from .settings import Settings
+
+    settings = Settings.from_args(args)
+    model, card = api.load_model(args.model, settings.device or "auto")
     summary = output / ("summary.csv" if world == 1 else f"summary_rank{rank}.csv")
     label_names = [entry["name"] for entry in card["labels"]]
     fresh = not summary.exists()
@@ -92,10 +95,7 @@ def run_cohort(folder: Path, output: Path, args) -> int:
                 continue  # finished in an earlier run
             start = time.perf_counter()
             try:
-                labels = api.predict([str(p) for p in cases[name]], model, card, step=args.step, fast=args.fast,
-                                     tta=args.tta, keep_largest=args.keep_largest, min_island_mm3=args.min_island_mm3,
-                                     refine_edges=getattr(args, "refine_edges", False), edge_strength=getattr(args, "edge_strength", None),
-                                     runtime=getattr(args, "runtime", None), precision=getattr(args, "precision", None))
+                labels = api.predict([str(p) for p in cases[name]], model, card, settings)
                 write_result(labels, card, target)
             except E2MISegError as exc:
                 failures += 1
