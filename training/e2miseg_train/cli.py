@@ -104,6 +104,21 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_choose_defaults(args) -> int:
+    from .defaults import choose_defaults, markdown
+
+    comparison = choose_defaults(args.model, args.dataset, out=args.out, cases=args.cases, device=args.device,
+                                 threads=args.threads, qualities=args.qualities, methods=args.methods,
+                                 strengths=args.strengths, island_fractions=args.island_fractions, limit=args.limit,
+                                 resamples=args.resamples, seed=args.seed, write=args.write, record=args.record,
+                                 log=lambda line: print(line, file=sys.stderr))
+    print(markdown(comparison), end="")
+    if args.write:
+        print(f"wrote the defaults into the card of {args.model}" + (" and its sha256 into index.json" if args.record else ""),
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2miseg-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", help="text (or a text file) for the card's provenance and the Markdown card")
     p.add_argument("--compare", nargs="+", help="summary.json files of other models on the same cases, tabled in NAME.md")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("choose-defaults", help="measure postprocessing and quality candidates on the validation split; "
+                                               "record the comparison and the chosen defaults in the card")
+    p.add_argument("model", help="checkpoint path or store name")
+    p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
+    p.add_argument("--cases", default="card", help="card (the card's validation cases), val, or comma-separated case names")
+    p.add_argument("--out", help="folder for defaults.json / defaults.md")
+    p.add_argument("--write", action="store_true", help="rewrite the checkpoint's card with the chosen defaults (weights unchanged)")
+    p.add_argument("--record", action="store_true", help="with --write: refresh the sha256 in the folder's index.json")
+    p.add_argument("--qualities", nargs="+", default=["fast", "normal", "normal+tta"], help="qualities to compare")
+    p.add_argument("--methods", nargs="+", default=["meanfield"], help="edge refinement methods to try")
+    p.add_argument("--strengths", nargs="+", type=float, default=[0.3, 0.6], help="edge refinement strengths to try")
+    p.add_argument("--island-fractions", nargs="+", type=float, default=[0.02, 0.1],
+                   help="island sizes to try, as fractions of the smallest structure's median volume")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--limit", type=int, help="at most N cases (for a quick look; the card should use them all)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_choose_defaults)
 
     p = sub.add_parser("compare", help="pair two `evaluate` results case by case: Dice difference, 95 %% CI, Wilcoxon p")
     p.add_argument("first", help="evaluate folder (or its per_case.csv) of model A")
