@@ -14,8 +14,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from E2MISegModuleLib.EdgeWidget import EdgeWidget
-from E2MISegModuleLib.Logic import E2MISegLogic
+from E2MISegModuleLib.SlicerVersion import slicerIsSupported, unsupportedSlicerMessage  # imports nothing else
+
+if not slicerIsSupported(slicer.app.majorVersion, slicer.app.minorVersion):  # before the imports that need it
+    raise ImportError(unsupportedSlicerMessage(slicer.app.majorVersion, slicer.app.minorVersion))
+
+from E2MISegModuleLib.EdgeWidget import EdgeWidget  # noqa: E402
+from E2MISegModuleLib.Logic import E2MISegLogic  # noqa: E402
 
 
 class E2MISegModule(ScriptedLoadableModule):
@@ -36,12 +41,14 @@ Networks from the E2MISeg, EHANet and S²aNet papers. Each model carries its own
 selected; the bundled hippocampus model is trained on the Medical Segmentation Decathlon (CC-BY-SA 4.0).""")
 
 
-class E2MISegModuleLogic(ScriptedLoadableModuleLogic, E2MISegLogic):
-    """The module's logic: ``E2MISegLogic`` bound to the application scene, plus the parameter node."""
+class E2MISegModuleLogic(E2MISegLogic, ScriptedLoadableModuleLogic):
+    """``E2MISegLogic`` on the application scene, plus the parameter node. E2MISegLogic comes first: Slicer's
+    ScriptedLoadableModuleLogic.__init__ calls super().__init__() (Base/Python/slicer/ScriptedLoadableModule.py,
+    v5.10.0, v5.12.0), which must reach object, not E2MISegLogic.__init__ (that needs the scene)."""
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
         E2MISegLogic.__init__(self, slicer.mrmlScene, slicer.modules.segmentations.logic())
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         from E2MISegModuleLib.Parameters import E2MISegParameterNode
@@ -257,9 +264,11 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(_("Segmentation failed.") + f"\n\n{task.error}")
             return
         self.ui.statusLabel.text = _("Done. Correct the result in Segment Editor if needed.")
-        self._parameterNode.outputSegmentation = task.segmentationNode
+        # after exit() (the user opened another module) the result still goes into the module's parameter node
+        parameterNode = self._parameterNode or self.logic.getParameterNode()
+        parameterNode.outputSegmentation = task.segmentationNode
         self.edges.onSegmentationDone(task)
-        self.onShow3D(self.ui.show3DButton.checked)
+        self.showIn3D(task.segmentationNode, self.ui.show3DButton.checked)
 
     def cancelRun(self):
         if self.task is not None:
@@ -269,7 +278,9 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onPoll()
 
     def onShow3D(self, show):
-        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+        self.showIn3D(self._parameterNode.outputSegmentation if self._parameterNode else None, show)
+
+    def showIn3D(self, segmentation, show):
         if segmentation is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not show the segmentation in 3D."), waitCursor=True):

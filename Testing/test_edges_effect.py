@@ -1,17 +1,12 @@
 """The Segment Editor effect's stroke arithmetic (Slicer-free part), on a ball and on a real hippocampus."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from conftest import ROOT, shared_file
-
-sys.path.insert(0, str(ROOT / "E2MISegModule" / "SegmentEditorE2MISegEdgeRefine"))
-
-from SegmentEditorE2MISegEdgeRefineLib import strokeRefinement  # noqa: E402
+from conftest import shared_file
+from e2miseg.edges import refine_under_stroke
 
 
 def ball_case(spacing_ijk=(1.0, 1.0, 2.0)):
@@ -28,7 +23,7 @@ def test_stroke_grows_the_segment_to_the_edge_only_under_the_stroke():
     voxels, ball, drawn = ball_case()
     extent_start = (5, -3, 10)  # a vtkOrientedImageData extent need not start at 0
     stroke = np.array([[34.0, 20.0, 10.0], [34.0, 28.0, 10.0]]) + extent_start
-    add, remove = strokeRefinement(voxels, drawn, stroke, extent_start, (1.0, 1.0, 2.0), radiusMm=5.0, strength=0.6)
+    add, remove = refine_under_stroke(voxels, drawn, stroke, extent_start, (1.0, 1.0, 2.0), radius_mm=5.0, strength=0.6)
     assert add.sum() > 10 and not (add & drawn).any() and not (remove & ~drawn).any()
     changed = np.argwhere(add | remove)
     # only within 5 mm of the painted line (i = 34, j 20..28, k = 10)
@@ -41,7 +36,7 @@ def test_stroke_grows_the_segment_to_the_edge_only_under_the_stroke():
 
 def test_stroke_outside_the_image_changes_nothing():
     voxels, _, drawn = ball_case()
-    add, remove = strokeRefinement(voxels, drawn, np.array([[500.0, 500.0, 500.0]]), (0, 0, 0), (1.0, 1.0, 2.0), 5.0, 0.6)
+    add, remove = refine_under_stroke(voxels, drawn, np.array([[500.0, 500.0, 500.0]]), (0, 0, 0), (1.0, 1.0, 2.0), 5.0, 0.6)
     assert not add.any() and not remove.any()
 
 
@@ -53,7 +48,7 @@ def test_stroke_on_a_shaved_real_hippocampus_segment():
     voxels = sitk.GetArrayFromImage(image).astype(np.float32)
     along = np.argwhere(truth)
     stroke = along[np.linspace(0, len(along) - 1, 6).astype(int)][:, ::-1].astype(float)  # (i, j, k) points through it
-    add, remove = strokeRefinement(voxels, drawn, stroke, (0, 0, 0), image.GetSpacing(), radiusMm=6.0, strength=0.6)
+    add, remove = refine_under_stroke(voxels, drawn, stroke, (0, 0, 0), image.GetSpacing(), radius_mm=6.0, strength=0.6)
     refined = (drawn | add) & ~remove
     dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
     assert dice(refined, truth) > dice(drawn, truth)

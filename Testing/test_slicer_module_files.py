@@ -115,7 +115,7 @@ def test_module_sources_parse_and_the_logic_needs_no_qt():
     import E2MISegModuleLib  # noqa: F401
 
     assert "qt" not in sys.modules and "ctk" not in sys.modules
-    assert len((MODULE_DIR / "E2MISegModule.py").read_text().splitlines()) < 300  # the shell stays thin
+    assert len((MODULE_DIR / "E2MISegModule.py").read_text().splitlines()) < 320  # the shell stays thin (+ version check, issue 20)
 
 
 def test_cmake_packages_every_script_and_resource():

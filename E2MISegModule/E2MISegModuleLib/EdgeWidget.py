@@ -7,6 +7,8 @@ controls, calls it, and says what happened.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import slicer
 from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
@@ -20,11 +22,11 @@ class EdgeWidget(VTKObservationMixin):
     an edited or loaded segmentation.
     """
 
-    def __init__(self, ui, logic, requirementsPath: str) -> None:
+    def __init__(self, ui, logic, requirementsPath) -> None:
         VTKObservationMixin.__init__(self)
         self.ui = ui
         self.logic = logic  # E2MISegLogic; its edgeLogic keeps the undo states and the regions to review
-        self.requirementsPath = requirementsPath
+        self.requirementsPath = Path(requirementsPath)  # Install.ensurePackages reads it as a Path
         self.parameterNode = None
         self.networkOverlay = None  # (volume node, segmentation node, regions) of the last run that made one
         self.computedOverlay = None  # volume node reused for maps computed from the segments

@@ -33,11 +33,27 @@ def ensureTorch() -> None:
                              "restart Slicer, then click Segment again.")) from None
     torchLogic = PyTorchUtils.PyTorchUtilsLogic()
     if torchLogic.torchInstalled():
+        tooOld = torchTooOld(importlib.metadata.version("torch"))
+        if tooOld:
+            # an imported torch cannot be replaced in a running Slicer: the user updates it, then restarts
+            raise InstallError(tooOld, restartRequired=True)
         return
     torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
     if torch is None:
         raise InstallError(_("PyTorch was not installed. Install it from the PyTorch Utils module "
                              "(Utilities > PyTorch Utils), then click Segment again."))
+
+
+def torchTooOld(installedVersion: str):
+    """A message saying how to update PyTorch when ``installedVersion`` misses TORCH_REQUIREMENT, else None."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    if Version(installedVersion) in SpecifierSet(TORCH_REQUIREMENT):
+        return None
+    return _("E2MISeg needs PyTorch {requirement}; PyTorch {installed} is installed. Open Utilities > PyTorch Utils, "
+             "click Uninstall, restart Slicer, then click Segment again: it installs a current PyTorch.").format(
+        requirement=TORCH_REQUIREMENT, installed=installedVersion)
 
 
 def _missing(requirementsPath: Path) -> list[str]:
@@ -57,21 +73,16 @@ def _missing(requirementsPath: Path) -> list[str]:
     return missing
 
 
-def _packagingModule():
-    # slicer.packaging since 5.12; the same functions were briefly called slicer.pydeps (5.11 previews)
-    for name in ("slicer.packaging", "slicer.pydeps"):
+def ensurePackages(requirementsPath) -> None:
+    """Install the missing requirements of ``requirementsPath`` (a str or Path) after asking the user."""
+    requirementsPath = Path(requirementsPath)
+    try:
+        packaging = importlib.import_module("slicer.packaging")  # Slicer 5.12 and later
+    except ImportError:
+        packaging = None
+    if packaging is not None:
         try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
-def ensurePackages(requirementsPath: Path) -> None:
-    packaging = _packagingModule()
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        try:
-            packaging.pip_ensure(packaging.load_requirements(str(requirementsPath)), requester=REQUESTER)
+            packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester=REQUESTER)
         except RuntimeError as exc:  # raised when the user declines
             raise InstallError(_("E2MISeg cannot run without its Python packages ({error}). Click Segment again "
                                  "and accept the installation.").format(error=exc)) from None
@@ -80,7 +91,7 @@ def ensurePackages(requirementsPath: Path) -> None:
 
 
 def _ensurePackagesBefore512(requirementsPath: Path) -> None:
-    """Slicer older than 5.12 has no pip_ensure: ask, install, and say when a restart is needed."""
+    """Slicer 5.10 and 5.11 have no slicer.packaging.pip_ensure: ask, install, and say when a restart is needed."""
     missing = _missing(requirementsPath)
     if not missing:
         return

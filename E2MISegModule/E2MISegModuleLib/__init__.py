@@ -1,11 +1,23 @@
 """E2MISeg Slicer module library. The logic imports without the Slicer application (slicer-core MRML only).
 
 Qt-dependent parts (``Parameters``, ``Install``, ``Widget``) are imported by E2MISegModule.py directly, never here.
+Names are imported on first use, so E2MISegModule.py can read ``SlicerVersion`` before anything that
+needs a supported Slicer.
 """
-from .InferenceRunner import EngineError, InProcessRunner, SubprocessRunner, killProcessTree, overallFraction
-from .Logic import DEVICES, QUALITY_OPTIONS, E2MISegLogic, SegmentationTask
-from .SegmentationImport import LABEL_TAG, MODEL_TAG, importLabelImage, volumeNodeToImage
+_LAZY = {
+    "EngineError": "InferenceRunner", "InProcessRunner": "InferenceRunner", "SubprocessRunner": "InferenceRunner",
+    "killProcessTree": "InferenceRunner", "overallFraction": "InferenceRunner",
+    "DEVICES": "Logic", "QUALITY_OPTIONS": "Logic", "E2MISegLogic": "Logic", "SegmentationTask": "Logic",
+    "LABEL_TAG": "SegmentationImport", "MODEL_TAG": "SegmentationImport", "importLabelImage": "SegmentationImport",
+    "volumeNodeToImage": "SegmentationImport",
+}
 
-__all__ = ["E2MISegLogic", "SegmentationTask", "EngineError", "InProcessRunner", "SubprocessRunner",
-           "killProcessTree", "overallFraction", "DEVICES", "QUALITY_OPTIONS", "LABEL_TAG", "MODEL_TAG",
-           "importLabelImage", "volumeNodeToImage"]
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)

@@ -16,8 +16,10 @@ from vtk.util import numpy_support
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-# absolute import: the editor loads this file by path (setPythonSource), not as a package member
-from SegmentEditorE2MISegEdgeRefineLib.StrokeRefinement import strokeRefinement
+# Slicer loads this file as a plain module named after its folder, "SegmentEditorE2MISegEdgeRefineLib"
+# (qSlicerSegmentEditorScriptedEffect::setPythonSource -> qSlicerScriptedUtils::loadSourceAsModule, v5.10.0):
+# that name is no package, so nothing may be imported from this folder. The arithmetic is the engine's.
+from e2miseg.edges import refine_under_stroke
 
 DEFAULT_STRENGTH = 0.6  # a stroke is a deliberate "this edge is wrong": stronger than the automatic default
 DEFAULT_RADIUS_MM = 5.0
@@ -84,9 +86,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     """Paint-to-refine: the selected segment's edge follows the image inside the painted stroke."""
 
     def __init__(self, scriptedEffect):
-        scriptedEffect.name = "E2MISeg edge refine"
-        if hasattr(scriptedEffect, "title"):  # translatable display name, Slicer >= 5.4
-            scriptedEffect.title = _("E2MISeg edge refine")
+        scriptedEffect.name = "E2MISeg edge refine"  # the name setActiveEffectByName finds
+        scriptedEffect.title = _("E2MISeg edge refine")
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
@@ -185,9 +186,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if len(strokeRas) == 0:
             return 0
         modifier = self.scriptedEffect.defaultModifierLabelmap()  # the segmentation's grid, zero-filled
-        # Slicer < 5.2 calls the source volume the "master volume"
-        sourceImageData = getattr(self.scriptedEffect, "sourceVolumeImageData", None) or self.scriptedEffect.masterVolumeImageData
-        sourceImage = sourceImageData()
+        sourceImage = self.scriptedEffect.sourceVolumeImageData()
         segmentImage = self.scriptedEffect.selectedSegmentLabelmap()
         if sourceImage is None or segmentImage is None:
             raise ValueError(_("Select a source volume and a segment first."))
@@ -200,10 +199,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         strokeIjk = [worldToImage.MultiplyPoint(list(p) + [1.0])[:3] for p in strokeRas]
         extent = modifier.GetExtent()
         segmentArray = orientedToArray(segment)
-        add, remove = strokeRefinement(orientedToArray(source), segmentArray > 0, np.array(strokeIjk),
-                                       (extent[0], extent[2], extent[4]), modifier.GetSpacing(),
-                                       self.scriptedEffect.doubleParameter("BrushRadiusMm"),
-                                       self.scriptedEffect.doubleParameter("Strength"))
+        add, remove = refine_under_stroke(orientedToArray(source), segmentArray > 0, np.array(strokeIjk),
+                                          (extent[0], extent[2], extent[4]), modifier.GetSpacing(),
+                                          self.scriptedEffect.doubleParameter("BrushRadiusMm"),
+                                          self.scriptedEffect.doubleParameter("Strength"))
         if not add.any() and not remove.any():
             return 0
         self.scriptedEffect.saveStateForUndo()
@@ -217,37 +216,3 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode.ModificationModeRemove)
         return int(add.sum() + remove.sum())
 
-
-def selfTestStroke(testCase) -> None:
-    """In-application check on a synthetic ball: a stroke across an eroded segment grows it there only, undo restores it."""
-    rng = np.random.default_rng(0)
-    k, j, i = np.mgrid[0:40, 0:48, 0:48]
-    ball = (k - 20) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 12 ** 2
-    voxels = (100 + 80 * ball + rng.normal(0, 8, ball.shape)).astype(np.float32)
-    volume = slicer.util.addVolumeFromArray(voxels, name="E2MISeg edge refine test")
-    segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    segmentationNode.CreateDefaultDisplayNodes()
-    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    segmentId = segmentationNode.GetSegmentation().AddEmptySegment("ball")
-    drawn = (k - 20) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 9 ** 2  # drawn 3 voxels too small
-    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn.astype(np.uint8), segmentationNode, segmentId, volume)
-    editor = slicer.qMRMLSegmentEditorWidget()
-    editor.setMRMLScene(slicer.mrmlScene)
-    editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
-    editor.setSegmentationNode(segmentationNode)
-    editor.setSourceVolumeNode(volume)
-    editor.setCurrentSegmentID(segmentId)
-    editor.setActiveEffectByName("E2MISeg edge refine")
-    effect = editor.activeEffect().self()
-    ijkToRas = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(ijkToRas)
-    # a stroke along the +i side of the ball, in slice k = 20
-    stroke = np.array([ijkToRas.MultiplyPoint([34.0, float(jj), 20.0, 1.0])[:3] for jj in (20, 24, 28)])
-    before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume).copy()
-    changed = effect.applyStroke(stroke)
-    after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
-    testCase.assertGreater(changed, 0)
-    testCase.assertTrue(np.all(after[:, :, :28] == before[:, :, :28]))  # far from the stroke: untouched
-    testCase.assertGreater(int((after & ball).sum()), int((before & ball).sum()))
-    editor.undo()
-    testCase.assertTrue(np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume), before))

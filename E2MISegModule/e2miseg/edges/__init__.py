@@ -16,6 +16,7 @@ _LAZY = {
     "EdgeOptions": "refine", "refine_in_region": "refine", "refine_label_array": "refine",
     "refine_prediction": "refine", "refine_segmentation": "refine", "refine_with_uncertainty": "refine",
     "box_mask_ijk": "region", "box_mask_lps": "region", "stroke_region": "region",
+    "refine_under_stroke": "stroke",
     "entropy_map": "uncertainty", "uncertain_regions": "uncertainty", "uncertainty_image": "uncertainty",
     "write_uncertainty": "uncertainty",
 }
