@@ -171,11 +171,81 @@ def test_resume_continues_from_the_saved_iteration(trained_run, tiny_plan):
 def test_time_budget_stops_a_run(tmp_path, tiny_plan):
     from e2miseg_train.trainer import FitOptions, fit
 
-    options = FitOptions(out=str(tmp_path), epochs=1000, iters_per_epoch=2, batch_size=2, val_every=1000, device="cpu",
-                         threads=1, max_minutes=0.001, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
-    summary = fit(tiny_plan, options)
-    assert summary["iteration"] < 5
+    now = [0.0]  # an injected clock: every iteration "takes" one second, however fast this machine is
+    options = FitOptions(out=str(tmp_path), epochs=5, iters_per_epoch=2, batch_size=2, val_every=1000, device="cpu",
+                         threads=1, max_minutes=2.5 / 60, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
+    summary = fit(tiny_plan, options, clock=lambda: now[0], after_iteration=lambda step: now.__setitem__(0, now[0] + 1.0))
+    assert summary["iteration"] == 3  # 0, 1 and 2 s are inside the 2.5 s budget; at 3 s it stops
+    assert "time budget of" in (tmp_path / "train.log").read_text()
     assert (tmp_path / "last.safetensors").exists() and (tmp_path / "state.pt").exists()
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_plan):
+    """Stopped mid-epoch by SIGTERM and resumed, a run takes the same steps as one that never stopped:
+    same batches (so the same losses), lr schedule, weights, optimiser moments and EMA, bit for bit."""
+    import signal
+
+    from e2miseg_train.trainer import FitOptions, fit
+
+    def options(out):
+        return FitOptions(out=str(out), epochs=3, iters_per_epoch=2, batch_size=2, val_every=1000, device="cpu", threads=1,
+                          warmup_iters=2, ema_decay=0.9, seed=5, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
+
+    straight: list[dict] = []
+    fit(tiny_plan, options(tmp_path / "straight"), after_iteration=straight.append)
+    resumed: list[dict] = []
+
+    def stop_after_three(step):
+        resumed.append(step)
+        if step["iteration"] == 3:  # inside epoch 2: the part-done epoch must carry over too
+            signal.raise_signal(signal.SIGTERM)
+
+    assert fit(tiny_plan, options(tmp_path / "resumed"), after_iteration=stop_after_three)["iteration"] == 3
+    fit(tiny_plan, options(tmp_path / "resumed"), after_iteration=resumed.append)
+    assert "resumed from" in (tmp_path / "resumed" / "train.log").read_text()
+
+    assert [s["iteration"] for s in resumed] == [1, 2, 3, 4, 5, 6]
+    assert resumed == straight  # loss (so the batch) and lr of every step
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    for index, moments in a["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
+    epochs = lambda state: [(h["epoch"], h["loss"], h["lr"]) for h in state["history"] if "loss" in h]
+    assert epochs(a) == epochs(b) and len(epochs(a)) == 3
+
+
+def test_augmentation_moves_image_and_labels_together(tiny_plan):
+    """Rotation, scaling and mirroring applied to a pair where label == (image is bright): after
+    augmentation the label still marks exactly the bright voxels (up to interpolation at the edge)."""
+    from e2miseg.card import validate_card
+    from e2miseg_train.sampling import PatchSampler, build_augmentation
+
+    card = validate_card(json.loads(json.dumps(tiny_plan["card"])))
+    card["inference"]["mirror_axes"] = ["x", "y", "z"]
+    shape = (24, 40, 24)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    # an off-centre, asymmetric object: a mirror or rotation of one without the other shows
+    labels = (((zz - 10) / 7) ** 2 + ((yy - 16) / 12) ** 2 + ((xx - 13) / 5) ** 2 <= 1).astype(np.uint8)
+    labels[8:12, 16:30, 11:15] = 1
+    image = np.where(labels == 1, 1.0, -1.0).astype(np.float32)[None]
+    sampler = PatchSampler([(image, labels.astype(np.int16))], card, seed=11, fg_fraction=1.0, spatial_prob=1.0)
+    # geometry only (mirroring on every axis, after the sampler's rotation/scaling): intensity noise would blur the check
+    sampler.augment = build_augmentation(3, [0, 1, 2], seed=11, intensity=False)
+    for _ in range(12):
+        patch, patch_labels = sampler.sample()
+        inside = patch_labels == 1
+        assert inside.any()
+        bright = patch[0] > 0
+        agreement = (bright == inside).mean()
+        assert agreement > 0.97, agreement
+        edge_free = np.abs(patch[0]) > 0.9  # away from interpolated edges the two agree exactly
+        assert np.array_equal(bright[edge_free], inside[edge_free])
 
 
 def test_label_scores_perfect_and_empty_predictions():
@@ -228,24 +298,23 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
 
 
 def test_sigterm_ends_a_run_cleanly(tmp_path, tiny_plan):
-    import os
     import signal
-    import threading
 
     from e2miseg_train.trainer import FitOptions, fit
 
     options = FitOptions(out=str(tmp_path), epochs=1000, iters_per_epoch=2, batch_size=2, val_every=1000, device="cpu",
                          threads=1, warmup_iters=0, cache_dir=str(tmp_path / "cache"), save_every_minutes=100)
-    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        summary = fit(tiny_plan, options)
-    finally:
-        timer.cancel()
-    assert summary["iteration"] < 2000  # stopped long before its 2000 iterations
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_after_three(step):  # SIGTERM delivered to this process at a known iteration, not after a delay
+        if step["iteration"] == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    summary = fit(tiny_plan, options, after_iteration=terminate_after_three)
+    assert summary["iteration"] == 3  # stopped at the next iteration, not after its 2000
     assert "stop requested" in (tmp_path / "train.log").read_text()
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["iteration"] == summary["iteration"]
-    assert signal.getsignal(signal.SIGTERM) is not None
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["iteration"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
 
 
 def test_dynunet_baseline_trains_on_the_same_plan_and_evaluates(tmp_path, tiny_plan, hippocampus_mini):

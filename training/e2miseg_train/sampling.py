@@ -88,6 +88,15 @@ class PatchSampler:
         self.augment = build_augmentation(len(self.patch), mirror, seed) if augment else None
         self.spatial = build_spatial(self.patch, seed + 1) if augment else None
 
+    def reseed(self, seed: int) -> None:
+        """Restart every random draw (crop centres, augmentation) from ``seed``; the trainer reseeds per
+        iteration so the batches depend on the iteration, not on how many ran in this process."""
+        self.rng = np.random.default_rng(seed)
+        if self.augment is not None:
+            self.augment.set_random_state(seed=seed % 2**32)
+        if self.spatial is not None:
+            self.spatial.set_random_state(seed=(seed + 1) % 2**32)
+
     def _foreground_locations(self, labels: np.ndarray) -> dict[int, np.ndarray]:
         found = {}
         for value in np.unique(labels):

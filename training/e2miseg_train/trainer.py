@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -69,6 +69,15 @@ def set_seeds(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def iteration_seed(seed: int, rank: int, iteration: int) -> int:
+    """The seed of one iteration's randomness (patches, augmentation, dropout) on one rank.
+
+    Every iteration draws from its own stream, so a run resumed at iteration N sees exactly the
+    batches an uninterrupted run sees from N on: the sampler's position is the iteration count.
+    """
+    return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(1)[0])
 
 
 def lr_factor(progress: float, schedule: str, iteration: int, warmup: int) -> float:
@@ -210,10 +219,6 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": list(random.getstate()[1])}
-
-
 def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptions, train_names, val_names,
                   best: dict[str, Any] | None) -> dict[str, Any]:
     """The plan's card plus provenance of this run (filled again by ``export`` with evaluation)."""
@@ -241,19 +246,24 @@ def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptio
     return card
 
 
-def fit(plan: dict[str, Any], options: FitOptions) -> dict[str, Any]:
+def fit(plan: dict[str, Any], options: FitOptions, *, clock: Callable[[], float] = time.monotonic,
+        after_iteration: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train as ``plan`` says; returns the final state summary. Resumes from ``out/state.pt``.
 
     SIGTERM/SIGINT end the run cleanly at the next iteration (final validation, checkpoints, state).
+    ``clock`` (seconds) measures the time budget and the time-clock schedule; ``after_iteration``
+    gets ``{"iteration", "loss", "lr"}`` after every step. Both let tests drive a run without
+    depending on how fast this machine is.
     """
     stop_requested = _StopRequest()
     try:
-        return _fit(plan, options, stop_requested)
+        return _fit(plan, options, stop_requested, clock, after_iteration)
     finally:
         stop_requested.restore()
 
 
-def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopRequest") -> dict[str, Any]:
+def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopRequest", clock: Callable[[], float],
+         after_iteration: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     if options.ema_decay and not 0 < options.ema_decay < 1:  # before any data is loaded
         raise E2MISegError(f"--ema must lie between 0 and 1 (got {options.ema_decay}); try 0.995")
     out = Path(options.out)
@@ -298,7 +308,8 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         # Buffers are averaged too, so the saved network is one consistent set of tensors.
         ema = AveragedModel(model, multi_avg_fn=ema_update(options.ema_decay), use_buffers=True)
         ema.module.eval()
-    state: dict[str, Any] = {"iteration": 0, "epoch": 0, "train_seconds": 0.0, "best_score": -1.0, "history": []}
+    state: dict[str, Any] = {"iteration": 0, "epoch": 0, "train_seconds": 0.0, "best_score": -1.0, "history": [],
+                             "epoch_losses": []}
 
     state_path = out / "state.pt"
     if state_path.exists():
@@ -312,12 +323,13 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
                 raise E2MISegError(f"{state_path} was saved without --ema; resume it without --ema or start a new run folder")
             ema.load_state_dict(saved["ema"])
         state.update({k: saved[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history")})
+        # the losses of a part-done epoch, so its logged mean is the uninterrupted run's
+        state["epoch_losses"] = [float(v) for v in saved.get("epoch_losses", [])]
         say(f"resumed from {state_path} at iteration {state['iteration']} (epoch {state['epoch']}, "
             f"{state['train_seconds'] / 60:.1f} min trained)")
-    # Data order after a resume is a deterministic function of (seed, rank, iteration).
-    sampler = PatchSampler([arrays[n] for n in train_names], card, seed=options.seed * 1000 + dist.rank + 7919 * state["iteration"],
+    # Each iteration reseeds from (seed, rank, iteration) below: a resumed run continues the same data.
+    sampler = PatchSampler([arrays[n] for n in train_names], card, seed=options.seed * 1000 + dist.rank,
                            fg_fraction=options.fg_fraction, augment=options.augment)
-    set_seeds(options.seed + 7919 * state["iteration"] + dist.rank)
 
     net = model
     if dist.world > 1:
@@ -333,9 +345,9 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
 
     def save_state() -> None:
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict() if scaler is not None else {}, "rng": _rng_state(),
+                   "scaler": scaler.state_dict() if scaler is not None else {},
                    "ema": ema.state_dict() if ema is not None else {},
-                   **{k: state[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history")}}
+                   **{k: state[k] for k in ("iteration", "epoch", "train_seconds", "best_score", "history", "epoch_losses")}}
         tmp = out / ".state.pt.tmp"
         torch.save(payload, tmp)
         os.replace(tmp, state_path)
@@ -349,11 +361,11 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         save_checkpoint(out / name, {k: v.detach().clone() for k, v in evaluated.state_dict().items()}, card_now)
 
     def run_validation() -> dict[str, Any]:
-        started = time.time()
+        started = clock()
         result = validate(evaluated, card, val_arrays, device=str(device), step=options.val_step)
         entry = {"epoch": state["epoch"], "iteration": state["iteration"],
                  "val_dice": {str(k): v for k, v in result["dice"].items()}, "val_mean": result["mean_dice"],
-                 "val_seconds": round(time.time() - started, 1), "minutes": round(state["train_seconds"] / 60, 2)}
+                 "val_seconds": round(clock() - started, 1), "minutes": round(state["train_seconds"] / 60, 2)}
         state["history"].append(entry)
         scores = ", ".join(f"{labels[k]} {v:.4f}" for k, v in result["dice"].items())
         say(f"epoch {state['epoch']} iteration {state['iteration']}: validation Dice {scores} (mean {result['mean_dice']:.4f}, "
@@ -369,14 +381,14 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
     progress_bar = tqdm(total=total_iters, initial=state["iteration"], disable=not dist.main, mininterval=10,
                         dynamic_ncols=True, desc=card["name"])
     model.train()
-    session_start = time.time()
+    session_start = clock()
     seconds_before = state["train_seconds"]
-    last_state_save = time.time()
-    epoch_losses: list[float] = []
+    last_state_save = clock()
+    epoch_losses: list[float] = state["epoch_losses"]
     last_val_seconds = 0.0
     stop_reason = "iterations done"
     while state["iteration"] < total_iters:
-        state["train_seconds"] = seconds_before + time.time() - session_start
+        state["train_seconds"] = seconds_before + clock() - session_start
         # Stop early enough for the final validation and saving to fit in the budget.
         out_of_time = budget is not None and state["train_seconds"] + last_val_seconds * 1.2 >= budget
         if dist.any_flag(out_of_time or stop_requested.flag):
@@ -389,6 +401,9 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         factor = lr_factor(progress, options.schedule, state["iteration"], options.warmup_iters)
         for group in optimizer.param_groups:
             group["lr"] = options.lr * factor
+        step_seed = iteration_seed(options.seed, dist.rank, state["iteration"])
+        set_seeds(step_seed)  # dropout and anything else drawing from the global generators
+        sampler.reseed(step_seed)
         images, targets = sampler.batch(options.batch_size)
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -409,6 +424,8 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
         epoch_losses.append(float(loss.detach()))
         state["iteration"] += 1
         progress_bar.update(1)
+        if after_iteration is not None:
+            after_iteration({"iteration": state["iteration"], "loss": epoch_losses[-1], "lr": options.lr * factor})
         if budget:
             progress_bar.set_postfix_str(f"loss {epoch_losses[-1]:.3f} lr {options.lr * factor:.2e} "
                                          f"budget left {max(0.0, budget - state['train_seconds']) / 60:.1f} min", refresh=False)
@@ -419,24 +436,24 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
             state["history"].append(entry)
             say(f"epoch {state['epoch']} iteration {state['iteration']}: loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
                 f"({entry['minutes']:.1f} min)")
-            epoch_losses = []
+            epoch_losses.clear()
             if dist.main and val_arrays and state["epoch"] % options.val_every == 0:
                 val_entry = run_validation()
                 last_val_seconds = val_entry["val_seconds"]
                 plot_curves(state["history"], labels, out / "curves.png", card["name"])
                 save_weights("last.safetensors", None)
             dist.barrier()
-        if dist.main and time.time() - last_state_save >= options.save_every_minutes * 60:
+        if dist.main and clock() - last_state_save >= options.save_every_minutes * 60:
             save_state()
-            last_state_save = time.time()
+            last_state_save = clock()
     progress_bar.close()
     dist.sync_buffers(model)
-    state["train_seconds"] = seconds_before + time.time() - session_start
+    state["train_seconds"] = seconds_before + clock() - session_start
     if dist.main:
         if val_arrays and (not state["history"] or state["history"][-1].get("iteration") != state["iteration"]
                            or "val_dice" not in state["history"][-1]):
             run_validation()
-        state["train_seconds"] = seconds_before + time.time() - session_start
+        state["train_seconds"] = seconds_before + clock() - session_start
         save_weights("last.safetensors", None)
         if not (out / "best.safetensors").exists():
             save_weights("best.safetensors", None)
