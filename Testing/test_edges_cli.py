@@ -128,12 +128,12 @@ def test_predict_with_refine_edges_and_uncertainty(tmp_path, checkpoint, hippoca
     a, b = sitk.GetArrayFromImage(sitk.ReadImage(str(plain))), sitk.GetArrayFromImage(sitk.ReadImage(str(refined)))
     u = sitk.GetArrayFromImage(sitk.ReadImage(str(uncertainty)))
     assert 0.0 <= u.min() and u.max() <= 1.0
-    # refinement acts only near the prediction's edges
-    changed = a != b
-    if changed.any():
-        from e2miseg.edges import band_mask
+    # refinement changes voxels, and only near the prediction's edges
+    from e2miseg.edges import band_mask
 
-        assert np.all(band_mask(a, tuple(image.GetSpacing()[::-1]), 3.0)[changed])
+    changed = a != b
+    assert changed.any(), "--refine-edges at strength 0.9 changed nothing"
+    assert np.all(band_mask(a, tuple(image.GetSpacing()[::-1]), 3.0)[changed])
     payload = json.loads((tmp_path / "case_uncertainty.regions.json").read_text())
     assert "regions" in payload
     sums = [r["summed_uncertainty"] for r in payload["regions"]]

@@ -69,13 +69,16 @@ def test_malicious_pickle_is_refused_everywhere_without_running(tmp_path, store)
     marker = tmp_path / "pwned"
     hostile = tmp_path / "model.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": WritesMarker(str(marker))}, hostile)
-    # control: an ordinary unpickle of this file does run the payload
-    with open(hostile, "rb"):
-        pass
-    control = tmp_path / "control"
-    torch.save(WritesMarker(str(control)), tmp_path / "control.pt")
-    torch.load(tmp_path / "control.pt", weights_only=False)
-    assert control.exists()
+    # control: an ordinary unpickle of these very files runs the payload, so "no marker" below means
+    # the loaders refused, not that the payload was inert
+    torch.load(hostile, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    raw = tmp_path / "raw.safetensors"  # a bare pickle stream (no zip container)
+    raw.write_bytes(pickle.dumps({"w": WritesMarker(str(marker))}, protocol=4))
+    pickle.loads(raw.read_bytes())
+    assert marker.exists()
+    marker.unlink()
 
     with pytest.raises(CheckpointError, match="pickle-based PyTorch file.*--trust-pickle"):
         load_model(hostile, device="cpu")
@@ -83,8 +86,6 @@ def test_malicious_pickle_is_refused_everywhere_without_running(tmp_path, store)
     renamed.write_bytes(hostile.read_bytes())
     with pytest.raises(CheckpointError, match="pickle-based PyTorch file"):
         load_model(renamed, device="cpu")
-    raw = tmp_path / "raw.safetensors"  # a bare pickle stream (no zip container)
-    raw.write_bytes(pickle.dumps({"w": WritesMarker(str(marker))}, protocol=4))
     with pytest.raises(CheckpointError, match="pickle-based PyTorch file"):
         read_checkpoint(raw)
 
