@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,21 @@ def labels_variant(seed: int) -> sitk.Image:
     return volume(array)
 
 
-def _writer(path: str, seed: int, repeats: int, start: float) -> None:
+READS = 12  # files the reader checks while the writers replace it
+MAX_WRITES = 500  # a writer's guard: it normally stops when the reader has read enough
+
+
+def _writer(path: str, seed: int, start, done) -> None:
     from e2miseg.card import validate_card
     from e2miseg.io import write_result
 
     card = validate_card(make_card())
     image = labels_variant(seed)
-    while time.time() < start:  # both writers begin together
-        time.sleep(0.001)
-    for _ in range(repeats):
+    start.wait()  # both writers begin together
+    for _ in range(MAX_WRITES):
         write_result(image, card, path)
+        if done.is_set():  # the reader has seen enough files while both wrote
+            break
 
 
 def read_voxels(path: Path) -> np.ndarray:
@@ -48,25 +52,31 @@ def test_concurrent_writers_and_a_reader_never_see_a_mix(tmp_path, name):
     target = tmp_path / name
     variants = [sitk.GetArrayFromImage(labels_variant(seed)) for seed in (1, 2)]
     context = multiprocessing.get_context("fork")
-    start = time.time() + 0.5
-    writers = [context.Process(target=_writer, args=(str(target), seed, 8, start)) for seed in (1, 2)]
+    start, done = context.Event(), context.Event()
+    writers = [context.Process(target=_writer, args=(str(target), seed, start, done)) for seed in (1, 2)]
     for process in writers:
         process.start()
+    start.set()
     reads = 0
-    while any(process.is_alive() for process in writers):
-        if target.exists():
-            try:
-                seen = read_voxels(target)
-            except FileNotFoundError:
-                continue  # replaced between exists() and open(): fine, the next read sees the new file
-            assert any(np.array_equal(seen, variant) for variant in variants), "a reader saw a mixed or partial file"
-            reads += 1
+    # the writers keep replacing the file until this reader has read it READS times: every read
+    # overlaps the writing, however fast or slow this machine is
+    try:
+        while reads < READS and any(process.is_alive() for process in writers):
+            if target.exists():
+                try:
+                    seen = read_voxels(target)
+                except FileNotFoundError:
+                    continue  # replaced between exists() and open(): fine, the next read sees the new file
+                assert any(np.array_equal(seen, variant) for variant in variants), "a reader saw a mixed or partial file"
+                reads += 1
+    finally:
+        done.set()
     for process in writers:
         process.join(timeout=60)
         assert process.exitcode == 0
     final = read_voxels(target)
     assert any(np.array_equal(final, variant) for variant in variants)
-    assert reads > 0
+    assert reads == READS
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary files left behind
 
 

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from e2miseg.settings import SettingsError  # noqa: E402
 from helpers import HIPPOCAMPUS_LABELS, make_e2miseg_checkpoint  # noqa: E402
 
 from E2MISegModuleLib import E2MISegLogic, EngineError, killProcessTree  # noqa: E402
+from E2MISegModuleLib.InferenceRunner import InProcessRunner  # noqa: E402
 from E2MISegModuleLib.SegmentationImport import (LABEL_TAG, MODEL_TAG, exportSegmentsToArray, ijkToRas,  # noqa: E402
                                                  maskToOrientedImage, segmentIdsOf, segmentTag)
 
@@ -96,14 +99,45 @@ def scene_state(logic) -> dict:
     return state
 
 
-def wait_for_stage(task, stages, timeout=120.0) -> None:
+HOLD_HOOK = Path(__file__).resolve().parent / "engine_hold"  # sitecustomize.py for engine subprocesses
+
+
+@pytest.fixture
+def hold_engine_at(monkeypatch):
+    """``hold_engine_at(stages)``: the next run stops right after reporting one of ``stages`` and stays
+    there - a subprocess until it is killed, an in-process run until the returned event is set - so a
+    test cancels or kills a run that is certainly still running, however fast this machine is."""
+    current = {"gate": threading.Event(), "stages": set()}
+    original = InProcessRunner._onProgress
+
+    def held(runner, event) -> None:
+        original(runner, event)
+        if event.stage in current["stages"]:
+            current["gate"].wait()
+
+    monkeypatch.setattr(InProcessRunner, "_onProgress", held)
+
+    def hold(stages) -> threading.Event:
+        current["gate"].set()  # a new hold for each run
+        current["gate"], current["stages"] = threading.Event(), set(stages)
+        monkeypatch.setenv("E2MISEG_TEST_HOLD_AT", ",".join(stages))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HOLD_HOOK), os.environ.get("PYTHONPATH")) if p))
+        return current["gate"]
+
+    yield hold
+    current["gate"].set()  # never leave a worker thread waiting
+
+
+def wait_for_stage(task, stages) -> None:
+    """Poll until the engine reports one of ``stages`` (the run is held there by ``hold_engine_at``)."""
     seen = []
     original = task.progressCallback
     task.progressCallback = lambda event: seen.append(event["stage"])
-    start = time.time()
-    while not any(stage in stages for stage in seen):
-        assert not task.poll(), f"the run finished before reaching {stages}: {task.error}"
-        assert time.time() - start < timeout
+    while True:
+        finished = task.poll()
+        if any(stage in stages for stage in seen):
+            break
+        assert not finished, f"the run finished before reaching {stages}: {task.error}"
         time.sleep(0.02)
     task.progressCallback = original
 
@@ -295,16 +329,18 @@ def _scene_with_user_work(logic, hippocampus_image):
 
 
 @pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "subprocess"])
-def test_cancel_mid_run_leaves_the_scene_unchanged(logic, checkpoint, hippocampus_image, in_process):
+def test_cancel_mid_run_leaves_the_scene_unchanged(logic, checkpoint, hippocampus_image, in_process, hold_engine_at):
     volume, node = _scene_with_user_work(logic, hippocampus_image)
     # in-process also covers a new output node; each subprocess start costs a torch import, so one case there
     for output in ((None, node) if in_process else (node,)):
+        release = hold_engine_at({"infer", "preprocess"})
         before = scene_state(logic)
         task = logic.process(volume, model=str(checkpoint), outputSegmentation=output, device="cpu",
                              inProcess=in_process, waitForCompletion=False)
         wait_for_stage(task, {"infer", "preprocess"})
         pid = None if in_process else task.runner.process.pid
         logic.cancel()
+        release.set()  # an in-process run goes on and must see the cancel token
         with pytest.raises(Cancelled):
             task.wait()
         assert task.segmentationNode is None
@@ -314,8 +350,9 @@ def test_cancel_mid_run_leaves_the_scene_unchanged(logic, checkpoint, hippocampu
         assert task.tempDir is None or not os.path.exists(task.tempDir)
 
 
-def test_engine_killed_from_outside_is_a_clear_error_and_no_change(logic, checkpoint, hippocampus_image):
+def test_engine_killed_from_outside_is_a_clear_error_and_no_change(logic, checkpoint, hippocampus_image, hold_engine_at):
     volume, node = _scene_with_user_work(logic, hippocampus_image)
+    hold_engine_at({"load", "preprocess", "infer"})
     before = scene_state(logic)
     task = logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", waitForCompletion=False)
     wait_for_stage(task, {"load", "preprocess", "infer"})
