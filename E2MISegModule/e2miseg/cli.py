@@ -13,9 +13,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
-from .errors import E2MISegError, InputImageError, OutputError
+from .errors import E2MISegError
 
 INTERNAL_ERROR_EXIT = 70
 
@@ -56,25 +57,49 @@ def _progress_for(args) -> Callable:
     return TqdmProgress()
 
 
-def _check_output(inputs: list[Path], output: Path) -> None:
-    from .io import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, check_output_folder, suffix_of
+class SignalCancel(threading.Event):
+    """The cancel token of a CLI run: SIGTERM (the Slicer module's Cancel) sets it, and the run stops
+    between tiles. While the run only reads (``reading()``), a signal ends the process at once: a read
+    blocked in C (a stuck network mount) never returns to Python, so a Python-level handler would not
+    run, but the interpreter's C handler still writes the signal number to the wakeup pipe that a
+    watcher thread reads. Nothing has been written at that point, so exiting loses nothing."""
 
-    if suffix_of(output) not in (SEGMENTATION_SUFFIX,) + LABELMAP_SUFFIXES:
-        raise OutputError(f"unknown output type for {output.name}; use .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
-    check_output_folder(output)
-    for item in inputs:
-        if not item.exists():
-            raise InputImageError(f"{item} does not exist; check the path")
-        same = output.exists() and item.exists() and os.path.samefile(item, output)
-        if same or item.resolve() == output.resolve():
-            raise OutputError(f"output {output} is the input file; choose another output path so the input is not overwritten")
+    def __init__(self) -> None:
+        super().__init__()
+        self._reading = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
+
+    def watch(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                self.set()
+            if self._reading and (signal.SIGTERM in data or signal.SIGINT in data):
+                os.write(2, b"e2miseg: error: cancelled by the user while reading the input; nothing was written\n")
+                os._exit(130)
 
 
-def _cancel_on_signal() -> threading.Event:
+def _cancel_on_signal() -> SignalCancel:
     """SIGTERM (sent by the Slicer module's Cancel) sets the cancel token so the run stops between tiles."""
-    cancel = threading.Event()
+    cancel = SignalCancel()
     try:
         signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        threading.Thread(target=cancel.watch, args=(read_end,), name="e2miseg-signal-watch", daemon=True).start()
     except ValueError:  # not in the main thread (e.g. called from tests through main())
         pass
     return cancel
@@ -93,27 +118,29 @@ def cmd_predict(args) -> int:
     inputs = [Path(p) for p in args.images]
     if len(inputs) == 1 and is_cohort_folder(inputs[0]):
         return run_cohort(inputs[0], Path(args.output), args)
-    output = Path(args.output)
-    if args.preview and not args.preview.lower().endswith(".png"):
-        raise OutputError(f"the preview {args.preview} must be a .png file")
-    _check_output(inputs, output)  # before importing torch: a typo costs milliseconds, not a model load
-    from .cli_refine import check_predict_edge_args, write_prediction_uncertainty
-
-    check_predict_edge_args(args)
-    settings = _settings_of(args)
-    from .checkpoint import read_card
-    from .store import resolve
-    from .validate import read_checked_channels
-
     cancel = _cancel_on_signal()
-    # The input is checked against the model's card (header first, then voxels) before torch loads,
-    # so a bad file fails in a second; the checksum is verified when the weights load below.
-    channels = read_checked_channels([str(p) for p in inputs], read_card(resolve(args.model, verify=False).path))
-    from . import api
-    from .io import write_result
+    with cancel.reading():  # nothing is written before the result: a signal may end the run at once
+        output = Path(args.output)
+        # before importing torch: a typo costs milliseconds, not a model load
+        from .paths import check_predict_paths
 
-    progress = _progress_for(args)
-    model, card = api.load_model(args.model, settings.device or "auto")
+        check_predict_paths(inputs, output, args.preview, args.uncertainty)
+        from .cli_refine import check_predict_edge_args, write_prediction_uncertainty
+
+        check_predict_edge_args(args)
+        settings = _settings_of(args)
+        from .checkpoint import read_card
+        from .store import resolve
+        from .validate import read_checked_channels
+
+        # The input is checked against the model's card (header first, then voxels) before torch loads,
+        # so a bad file fails in a second; the checksum is verified when the weights load below.
+        channels = read_checked_channels([str(p) for p in inputs], read_card(resolve(args.model, verify=False).path))
+        from . import api
+        from .io import write_result
+
+        progress = _progress_for(args)
+        model, card = api.load_model(args.model, settings.device or "auto")
     labels = api.predict(channels, model, card, settings, progress=progress, cancel=cancel,
                          return_probabilities=bool(args.uncertainty))
     labels, probabilities = labels if args.uncertainty else (labels, None)

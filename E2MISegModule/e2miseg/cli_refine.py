@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import InputImageError, OutputError
+from .errors import OutputError
 
 
 def add_predict_edge_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,22 +57,10 @@ def write_prediction_uncertainty(probabilities, labels, path: str) -> str:
 
 
 def cmd_refine(args) -> int:
-    from .io import SEGMENTATION_SUFFIX, suffix_of
+    from .paths import check_refine_paths
 
     image_path, segmentation_path, output = Path(args.image), Path(args.segmentation), Path(args.output)
-    for item in (image_path, segmentation_path):
-        if not item.exists():
-            raise InputImageError(f"{item} does not exist; check the path")
-    is_segmentation = suffix_of(segmentation_path) == SEGMENTATION_SUFFIX
-    if is_segmentation != (suffix_of(output) == SEGMENTATION_SUFFIX):
-        raise OutputError(f"output {output.name} must be the same kind as {segmentation_path.name} "
-                          "(.seg.nrrd stays .seg.nrrd, a label map stays a label map)")
-    if not is_segmentation:
-        _check_map_output(str(output), "output")
-    if output.resolve() in (image_path.resolve(), segmentation_path.resolve()):
-        raise OutputError(f"output {output} is an input file; choose another output path so the input is not overwritten")
-    if args.uncertainty:
-        _check_map_output(args.uncertainty, "uncertainty output")
+    check_refine_paths(image_path, segmentation_path, output, args.uncertainty)
     from .edges import EdgeOptions
     from .edges.files import parse_roi, refine_file
 

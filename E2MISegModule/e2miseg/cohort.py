@@ -33,12 +33,17 @@ def is_cohort_folder(path: Path) -> bool:
     return bool(_image_files(path))
 
 
-def find_cases(folder: Path) -> dict[str, list[Path]]:
-    """Case name -> channel files. MSD names (``case_0000.nii.gz``) group channels; others are single-channel."""
+def cases_folder(folder: Path) -> Path:
+    """The folder holding the case files: ``imagesTs`` or ``imagesTr`` of an MSD layout, else ``folder``."""
     for sub in ("imagesTs", "imagesTr"):
         if (folder / sub).is_dir():
-            folder = folder / sub
-            break
+            return folder / sub
+    return folder
+
+
+def find_cases(folder: Path) -> dict[str, list[Path]]:
+    """Case name -> channel files. MSD names (``case_0000.nii.gz``) group channels; others are single-channel."""
+    folder = cases_folder(folder)
     cases: dict[str, list[Path]] = {}
     for path in _image_files(folder):
         stem = path.name[: -len(suffix_of(path))]
@@ -67,9 +72,17 @@ def run_cohort(folder: Path, output: Path, args) -> int:
 
     from . import api
 
+    from .io import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX
+    from .paths import check_cohort_folders
+
+    if args.format not in (SEGMENTATION_SUFFIX,) + LABELMAP_SUFFIXES:
+        raise OutputError(f"--format {args.format} is not an output type; use .seg.nrrd, .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd")
     cases = find_cases(folder)
     if output.exists() and not output.is_dir():
         raise OutputError(f"output {output} is a file but a folder of cases needs an output folder; give a folder path")
+    case_folder = cases_folder(folder)
+    check_cohort_folders(case_folder, [p for files in cases.values() for p in files], output,
+                         [output / f"{name}{args.format}" for name in cases])
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -7,9 +7,11 @@ existing output survives any failure.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
+import shutil
 import struct
 import tempfile
 import uuid
@@ -17,7 +19,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +31,7 @@ except ImportError:  # not installed: the standard library's zlib
 
 from .card import terminology_tag
 from .errors import InputImageError, OutputError
+from .paths import check_folder_entries, check_readable
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
@@ -115,8 +118,7 @@ def read_header(item: str | os.PathLike | sitk.Image) -> ImageHeader:
     if isinstance(item, sitk.Image):
         return header_of(item)
     path = Path(item)
-    if not path.exists():
-        raise InputImageError(f"{path} does not exist; check the path")
+    check_readable(path)
     reader = sitk.ImageFileReader()
     try:
         if path.is_dir():
@@ -316,6 +318,7 @@ def suffix_of(path: str | os.PathLike) -> str:
 
 
 def _dicom_series_files(folder: Path) -> list[str]:
+    check_folder_entries(folder)  # GDCM opens every file: a FIFO in the folder would block it
     # GDCM prints an ITK warning for a folder without series; the error below says it in one line
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -339,8 +342,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read one file (NIfTI, NRRD, MHA, ...) or a DICOM series folder."""
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path} does not exist; check the path")
+    check_readable(path)
     try:
         if path.is_dir():
             return _read_dicom_folder(path)
@@ -424,30 +426,100 @@ def check_output_folder(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+def atomic_output(path: str | os.PathLike, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a path with ``path``'s own name inside a private folder beside it; after the block, check
+    what was written and only then move it into place. On any failure the previous file stays.
+
+    ITK's writers do not report a full disk (they leave a short or empty file and return), so every
+    file is flushed to the disk (``fsync``, where a full disk shows up at the latest), must be non-empty,
+    and ``verify`` reads it back. The final name inside the private folder matters for detached-header
+    formats: ITK writes ``out.nhdr`` + ``out.raw.gz`` and the header names the data file, so the data
+    file keeps the name the header gives it; companions are moved first and the named file last.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     check_output_folder(path)
-    suffix = suffix_of(path)
-    # unique per process and call: two writers of one output never share a temporary file
-    tmp = folder / f".{path.name[: -len(suffix)] if suffix else path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
+    # unique per process and call: two writers of one output never share a temporary folder
+    staging = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
     try:
+        staging.mkdir()
+        tmp = staging / path.name
         yield tmp
-        os.replace(tmp, path)
+        written = sorted(staging.iterdir(), key=lambda p: p == tmp)  # the named file last
+        if not tmp.is_file():
+            raise OutputError(f"cannot write {path} (the writer produced no file); check free space and permissions")
+        for item in written:
+            _flush_to_disk(item)
+            if item.stat().st_size == 0:
+                raise OutputError(f"cannot write {path} (it came out empty: the disk may be full); free some space "
+                                  f"and run again; the previous file, if any, was kept")
+        if verify is not None:
+            verify(tmp)
+        for item in written:
+            if (folder / item.name).is_dir():
+                raise OutputError(f"output {folder / item.name} is a folder; choose another output path")
+            os.replace(item, folder / item.name)
+        _flush_to_disk(folder)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); check free space and permissions") from None
     except RuntimeError as exc:  # ITK writers report I/O failures as RuntimeError
         raise OutputError(f"cannot write {path} ({_first_line(exc)}); check free space and permissions") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _flush_to_disk(path: Path) -> None:
+    """``fsync`` a file or folder: delayed allocation reports a full disk here, not at ``write``."""
+    handle = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(handle)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EROFS) or not path.is_dir():  # some file systems cannot sync folders
+            raise
+    finally:
+        os.close(handle)
+
+
+def _unwritten(path: Path, detail: str) -> OutputError:
+    return OutputError(f"cannot write {path.name}: {detail} (the disk may be full); free some space and run again; "
+                       f"the previous file, if any, was kept")
+
+
+def verify_image(expected: sitk.Image) -> Callable[[Path], None]:
+    """A check that a written file reads back as ``expected``: header (size, spacing, origin) and every voxel."""
+
+    def verify(written: Path) -> None:
+        try:
+            back = sitk.ReadImage(str(written))
+        except RuntimeError as exc:
+            raise _unwritten(written, f"it does not read back ({_first_line(exc)})") from None
+        if back.GetDimension() != expected.GetDimension() or not same_grid(back, expected):
+            raise _unwritten(written, "its header does not read back as written")
+        if not np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(expected)):
+            raise _unwritten(written, "its voxels do not read back as written")
+
+    return verify
+
+
+def verify_bytes(expected: bytes) -> Callable[[Path], None]:
+    def verify(written: Path) -> None:
+        if written.read_bytes() != expected:
+            raise _unwritten(written, f"it holds {written.stat().st_size} of {len(expected)} bytes")
+
+    return verify
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    """A small text file (JSON, CSV) written like the images: checked, then renamed into place."""
+    data = text.encode("utf-8")
+    with atomic_output(path, verify_bytes(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_labelmap(label: sitk.Image, path: str | os.PathLike) -> None:
     if suffix_of(path) not in LABELMAP_SUFFIXES:
         raise OutputError(f"unknown output type for {Path(path).name}; use .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, verify_image(label)) as tmp:
         sitk.WriteImage(label, str(tmp), useCompression=True)
 
 
@@ -499,8 +571,28 @@ def write_segmentation(label: sitk.Image, card: dict[str, Any], path: str | os.P
     import slicerio
 
     segmentation = segmentation_dict(label, card)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, verify_segmentation(segmentation["voxels"])) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=1)
+
+
+def verify_segmentation(voxels: np.ndarray) -> Callable[[Path], None]:
+    """A written ``.seg.nrrd`` must read back whole (ITK's NRRD reader decompresses all of it) with the same
+    voxels: compared one for one for a single layer (ITK's array is the (i, j, k) array transposed),
+    by count and sum for several layers (whose axis order differs between the readers)."""
+
+    def verify(written: Path) -> None:
+        try:
+            image = sitk.ReadImage(str(written))
+        except RuntimeError as exc:
+            raise _unwritten(written, f"it does not read back ({_first_line(exc)})") from None
+        back = sitk.GetArrayViewFromImage(image)  # a view: ``image`` must outlive it
+        same = back.size == voxels.size and int(back.sum(dtype=np.int64)) == int(voxels.sum(dtype=np.int64))
+        if same and voxels.ndim == 3:
+            same = back.shape == voxels.shape[::-1] and np.array_equal(back, voxels.T)
+        if not same:
+            raise _unwritten(written, "its voxels do not read back as written")
+
+    return verify
 
 
 def write_result(label: sitk.Image, card: dict[str, Any], path: str | os.PathLike) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .io import atomic_output
+from .io import atomic_output, verify_image
 
 PANEL_HEIGHT = 320  # pixels for the largest physical extent of the volume
 FILL_ALPHA = 0.4
@@ -71,5 +71,6 @@ def overlay_rgb(image: sitk.Image, labels: sitk.Image, colors: Mapping[int, Sequ
 
 def write_preview(image: sitk.Image, labels: sitk.Image, colors: Mapping[int, Sequence[float]], path: str | os.PathLike) -> None:
     rgb = overlay_rgb(image, labels, colors)
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp))
+    image = sitk.GetImageFromArray(rgb, isVector=True)
+    with atomic_output(path, verify_image(image)) as tmp:
+        sitk.WriteImage(image, str(tmp))

@@ -92,8 +92,11 @@ def refine_file(image_path: str | Path, segmentation_path: str | Path, output: s
     """
     from ..io import SEGMENTATION_SUFFIX, read_image, split_channels, suffix_of, write_labelmap
 
+    from ..paths import check_refine_paths
+
     options = options or EdgeOptions()
     segmentation_path, output = Path(segmentation_path), Path(output)
+    check_refine_paths(Path(image_path), segmentation_path, output, None if uncertainty_path is None else str(uncertainty_path))
     image = read_image(image_path)
     if image.GetNumberOfComponentsPerPixel() > 1 or image.GetDimension() != 3:
         image = split_channels(image)[0]  # edges follow the first channel
@@ -154,7 +157,7 @@ def _refine_seg_nrrd(image: sitk.Image, path: Path, output: Path, labels: Sequen
     """Refine the selected segments layer by layer; returns the uncertainty, the first refined layer (z, y, x), the grid."""
     import slicerio
 
-    from ..io import atomic_output
+    from ..io import atomic_output, verify_segmentation
 
     try:
         segmentation = slicerio.read_segmentation(str(path))
@@ -178,7 +181,7 @@ def _refine_seg_nrrd(image: sitk.Image, path: Path, output: Path, labels: Sequen
         np.maximum(uncertainty, layer_uncertainty, out=uncertainty)
     segmentation["voxels"] = refined_layers if voxels.ndim == 4 else refined_layers[0]
     _grow_extents(segmentation, selected)
-    with atomic_output(output) as tmp:
+    with atomic_output(output, verify_segmentation(segmentation["voxels"])) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=1)
     return uncertainty, refined_layers[0].transpose(2, 1, 0), reference
 

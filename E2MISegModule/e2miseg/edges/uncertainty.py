@@ -129,17 +129,16 @@ def _label_pair(kji: np.ndarray, labels: np.ndarray, probabilities: np.ndarray |
 
 def write_uncertainty(uncertainty: sitk.Image, regions: list[dict[str, Any]], path: str | os.PathLike) -> str:
     """Write the map to ``path`` and the regions to ``<path without extension>.regions.json``; return the JSON path."""
-    from ..io import atomic_output, suffix_of
+    from ..io import atomic_output, verify_image, write_text
+    from ..paths import regions_path
 
     path = os.fspath(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, verify_image(uncertainty)) as tmp:
         sitk.WriteImage(uncertainty, str(tmp), useCompression=True)
-    suffix = suffix_of(path)
-    json_path = (path[: -len(suffix)] if suffix else path) + ".regions.json"
-    with atomic_output(json_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"threshold": DEFAULT_THRESHOLD, "band_mm": DEFAULT_REGION_BAND_MM,
-                       "coordinates": "LPS millimetres; box_ijk inclusive voxel indices", "regions": regions}, handle, indent=1)
+    json_path = os.fspath(regions_path(path))
+    write_text(json.dumps({"threshold": DEFAULT_THRESHOLD, "band_mm": DEFAULT_REGION_BAND_MM,
+                           "coordinates": "LPS millimetres; box_ijk inclusive voxel indices", "regions": regions}, indent=1),
+               json_path)
     return json_path
 
 
