@@ -24,6 +24,13 @@ class BadInput:
     model: str | None = None  # None: the tiny test checkpoint
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # further command-line arguments
+    command: str = "predict"  # or "refine" (inputs: image, segmentation) or "models"
+    env: dict[str, str] = field(default_factory=dict)
+    # the same mistake through the Python API: called with the checkpoint path, must raise an
+    # E2MISegError with this case's exit code and fragment (None: the case has no API form)
+    api: Callable[[Path], object] | None = None
+    watch: list[Path] = field(default_factory=list)  # files outside the case folder that must survive
 
 
 def volume(array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> sitk.Image:
@@ -194,6 +201,129 @@ def _case_wrong_model_name(d: Path) -> BadInput:
     return BadInput([_good_input(d)], 4, "no model named 'no-such-model'", model="no-such-model")
 
 
+# ---- issue 21: every path is an input or an output, never both ------------------------------------
+
+def _label_map(d: Path, image: Path) -> Path:
+    labels = (sitk.GetArrayFromImage(sitk.ReadImage(str(image))) > 150).astype(np.uint8)
+    sitk.WriteImage(volume(labels), str(d / "seg.nii.gz"))
+    return d / "seg.nii.gz"
+
+
+def _api_predict_paths(inputs, output, preview=None, uncertainty=None):
+    def call(_checkpoint: Path):
+        from e2miseg.paths import check_predict_paths
+        return check_predict_paths([Path(p) for p in inputs], Path(output), preview, uncertainty)
+    return call
+
+
+def _case_uncertainty_is_input(d: Path) -> BadInput:
+    image = _good_input(d)
+    return BadInput([image], 5, "--uncertainty", args=["--uncertainty", str(image)],
+                    api=_api_predict_paths([image], d / "out.seg.nrrd", uncertainty=str(image)),
+                    notes="was: exit 0 and the input overwritten by the uncertainty map")
+
+
+def _case_uncertainty_is_output(d: Path) -> BadInput:
+    image = _good_input(d)
+    return BadInput([image], 5, "is the same file as output", output_name="x.nii.gz", args=["--uncertainty", str(d / "x.nii.gz")],
+                    api=_api_predict_paths([image], d / "x.nii.gz", uncertainty=str(d / "x.nii.gz")),
+                    notes="was: 'wrote x.nii.gz', exit 0, and x held the uncertainty map")
+
+
+def _case_regions_is_input(d: Path) -> BadInput:
+    image = _good_input(d)
+    (d / "u.regions.json").write_text('{"mine": true}')
+    return BadInput([image, d / "u.regions.json"], 5, "--uncertainty regions", args=["--uncertainty", str(d / "u.nii.gz")],
+                    notes="the .regions.json beside --uncertainty is an output too")
+
+
+def _case_preview_is_input_hardlink(d: Path) -> BadInput:
+    image = _good_input(d)
+    (d / "view.png").hardlink_to(image)
+    return BadInput([image], 5, "is the input file", args=["--preview", str(d / "view.png")],
+                    api=_api_predict_paths([image], d / "out.seg.nrrd", preview=str(d / "view.png")),
+                    notes="a hardlink has another name but the same inode")
+
+
+def _case_output_symlink_to_input(d: Path) -> BadInput:
+    image = _good_input(d)
+    (d / "out.nrrd").symlink_to(image)
+    return BadInput([image], 5, "is the input file", output_name="out.nrrd")
+
+
+def _case_output_hardlink_of_input(d: Path) -> BadInput:
+    image = _good_input(d)
+    (d / "out.nrrd").hardlink_to(image)
+    return BadInput([image], 5, "is the input file", output_name="out.nrrd")
+
+
+def _case_detached_data_is_input(d: Path) -> BadInput:
+    """-o out.nhdr writes out.raw.gz beside it: that data file must not be an input either."""
+    sitk.WriteImage(volume(good_array()), str(d / "scan.nhdr"), useCompression=True)  # scan.nhdr + scan.raw.gz
+    (d / "scan.raw.gz").rename(d / "out.raw.gz")
+    header = (d / "scan.nhdr").read_text().replace("data file: scan.raw.gz", "data file: out.raw.gz")
+    (d / "scan.nhdr").write_text(header)
+    return BadInput([d / "scan.nhdr"], 5, "data file out.raw.gz", output_name="out.nhdr",
+                    notes="ITK names the data file of out.nhdr out.raw.gz, which here is the input's voxels")
+
+
+def _case_uncertainty_wrong_type(d: Path) -> BadInput:
+    return BadInput([_good_input(d)], 5, "unknown uncertainty output type for u.png", args=["--uncertainty", str(d / "u.png")])
+
+
+def _case_preview_not_png(d: Path) -> BadInput:
+    return BadInput([_good_input(d)], 5, "must be a .png file", args=["--preview", str(d / "p.jpg")])
+
+
+def _case_fifo_input(d: Path) -> BadInput:
+    import os
+    os.mkfifo(d / "pipe.nii.gz")
+    return BadInput([d / "pipe.nii.gz"], 3, "is a FIFO (named pipe), not an image file",
+                    api=lambda ck: _api_read(d / "pipe.nii.gz"), notes="was: hung in open(); SIGTERM ignored")
+
+
+def _api_read(path: Path):
+    from e2miseg.io import read_image
+    return read_image(path)
+
+
+def _case_fifo_in_dicom_folder(d: Path) -> BadInput:
+    import os
+    folder = write_dicom_series(d / "series", "MR")
+    os.mkfifo(folder / "stuck")
+    return BadInput([folder], 3, "series/stuck is a FIFO (named pipe)", api=lambda ck: _api_read(folder))
+
+
+def _case_cohort_output_is_input_folder(d: Path) -> BadInput:
+    cases = d / "cases"
+    cases.mkdir()
+    for n in (1, 2):
+        sitk.WriteImage(volume(good_array(seed=n)), str(cases / f"case{n}.nii.gz"))
+    return BadInput([cases], 5, "is the folder of the input cases", output_name="cases", args=["--format", ".nii.gz"],
+                    notes="was: every case 'already done' (the inputs themselves), exit 0, nothing produced")
+
+
+def _case_cohort_bad_format(d: Path) -> BadInput:
+    cases = d / "cases"
+    cases.mkdir()
+    sitk.WriteImage(volume(good_array()), str(cases / "case1.nii.gz"))
+    return BadInput([cases], 5, "--format xyz is not an output type", output_name="results", args=["--format", "xyz"])
+
+
+def _refine_case(args_for, code: int, fragment: str, output_name: str = "refined.nii.gz", notes: str = "",
+                 seg_origin=None) -> Callable[[Path], BadInput]:
+    def build(d: Path) -> BadInput:
+        image = _good_input(d)
+        seg = _label_map(d, image)
+        if seg_origin is not None:
+            moved = sitk.ReadImage(str(seg))
+            moved.SetOrigin(seg_origin)
+            sitk.WriteImage(moved, str(seg))
+        return BadInput([image, seg], code, fragment, output_name=output_name, command="refine",
+                        args=args_for(d, image, seg), notes=notes)
+    return build
+
+
 CASES: dict[str, Callable[[Path], BadInput]] = {
     "missing file": _case_missing,
     "folder with no images": _case_empty_folder,
@@ -220,4 +350,22 @@ CASES: dict[str, Callable[[Path], BadInput]] = {
     "output folder is a file": _case_output_under_a_file,
     "output path is a folder": _case_output_is_a_folder,
     "wrong model name": _case_wrong_model_name,
+    "--uncertainty is the input image": _case_uncertainty_is_input,
+    "--uncertainty is -o": _case_uncertainty_is_output,
+    "--uncertainty regions file is an input": _case_regions_is_input,
+    "--preview is a hardlink of the input": _case_preview_is_input_hardlink,
+    "-o is a symlink to the input": _case_output_symlink_to_input,
+    "-o is a hardlink of the input": _case_output_hardlink_of_input,
+    "-o .nhdr whose data file is an input": _case_detached_data_is_input,
+    "--uncertainty of an unknown type": _case_uncertainty_wrong_type,
+    "--preview not .png": _case_preview_not_png,
+    "FIFO named .nii.gz": _case_fifo_input,
+    "FIFO inside a DICOM folder": _case_fifo_in_dicom_folder,
+    "cohort output folder = input folder": _case_cohort_output_is_input_folder,
+    "cohort --format unknown": _case_cohort_bad_format,
+    "refine: --uncertainty is the image": _refine_case(lambda d, i, s: ["--uncertainty", str(i)], 5, "is the input file good.nrrd"),
+    "refine: --uncertainty is the segmentation": _refine_case(lambda d, i, s: ["--uncertainty", str(s)], 5, "is the input file seg.nii.gz"),
+    "refine: -o is the segmentation": _refine_case(lambda d, i, s: [], 5, "is the input file seg.nii.gz", output_name="seg.nii.gz"),
+    "refine: --uncertainty is -o": _refine_case(lambda d, i, s: ["--uncertainty", str(d / "refined.nii.gz")], 5, "is the same file as output"),
+    "refine: -o kind differs": _refine_case(lambda d, i, s: [], 5, "must be the same kind as seg.nii.gz", output_name="r.seg.nrrd"),
 }

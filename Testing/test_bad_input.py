@@ -37,14 +37,14 @@ def empty_store(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("E2MISEG_RUNTIME", "torch")  # no OpenVINO conversion: these runs test validation, not speed
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(**extra: str) -> dict[str, str]:
     return {"PYTHONPATH": str(ROOT / "E2MISegModule"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "E2MISEG_RUNTIME": "torch",
-            "E2MISEG_MODELS": os.environ["E2MISEG_MODELS"], "HOME": os.environ.get("HOME", "/tmp")}
+            "E2MISEG_MODELS": os.environ["E2MISEG_MODELS"], "HOME": os.environ.get("HOME", "/tmp"), **extra}
 
 
-def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "e2miseg.cli", *args], capture_output=True, text=True, encoding="utf-8", cwd=ROOT,
-                          env=cli_env(), timeout=300, **kwargs)
+                          env=cli_env(**(env or {})), timeout=300, **kwargs)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -52,8 +52,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def predict_args(case: BadInput, folder: Path, checkpoint: Path) -> list[str]:
+    if case.command == "refine":
+        return ["refine", *map(str, case.inputs), "-o", str(folder / case.output_name), *case.args]
+    if case.command == "models":
+        return ["models", *case.args]
     return ["predict", *map(str, case.inputs), "-o", str(folder / case.output_name), "--model", case.model or str(checkpoint),
-            "--device", "cpu"]
+            "--device", "cpu", *case.args]
 
 
 def assert_one_clear_line(stderr: str, case: BadInput) -> None:
@@ -71,21 +75,49 @@ def test_cli_subprocess_keeps_existing_output(tmp_path, checkpoint, name):
     if output.parent.is_dir() and not output.exists():
         output.write_bytes(SENTINEL)
     before = snapshot(tmp_path)
-    result = run_cli(*predict_args(case, tmp_path, checkpoint))
+    watched = {p: p.read_bytes() for p in case.watch if p.is_file()}
+    result = run_cli(*predict_args(case, tmp_path, checkpoint), env=case.env)
     assert result.returncode == case.code, result.stderr
     assert_one_clear_line(result.stderr, case)
     assert snapshot(tmp_path) == before  # nothing new (no temporary files), nothing changed
+    assert {p: p.read_bytes() for p in case.watch if p.is_file()} == watched
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_in_process_creates_no_output(tmp_path, checkpoint, capsys, name):
+def test_in_process_creates_no_output(tmp_path, checkpoint, capsys, monkeypatch, name):
     case = CASES[name](tmp_path)
     output = tmp_path / case.output_name
-    existed = output.exists()
+    existed = output.exists() or output.is_symlink()
     before = snapshot(tmp_path)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
     assert main(predict_args(case, tmp_path, checkpoint)) == case.code
     assert_one_clear_line(capsys.readouterr().err, case)
-    assert output.exists() == existed
+    assert (output.exists() or output.is_symlink()) == existed
+    assert snapshot(tmp_path) == before
+
+
+def _rows_with_api_form() -> list[str]:
+    import tempfile
+
+    names = []
+    for name, build in CASES.items():
+        with tempfile.TemporaryDirectory() as folder:
+            if build(Path(folder)).api is not None:
+                names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("name", _rows_with_api_form())
+def test_api_gives_the_same_error(tmp_path, checkpoint, name):
+    """The rows with an API form: the same exception class (exit code) and message, and nothing written."""
+    from e2miseg.errors import E2MISegError
+
+    case = CASES[name](tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(E2MISegError) as caught:
+        case.api(checkpoint)
+    assert caught.value.exit_code == case.code and case.fragment in str(caught.value), str(caught.value)
     assert snapshot(tmp_path) == before
 
 

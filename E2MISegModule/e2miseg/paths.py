@@ -82,11 +82,30 @@ def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
     return str(path.resolve()), inode
 
 
+def detached_data_of(header: Path) -> Path | None:
+    """The data file a ``.nhdr`` / ``.mhd`` input names (its voxels live there), or None."""
+    from .io import suffix_of
+
+    if suffix_of(header) not in DETACHED_DATA_SUFFIX or not header.is_file():
+        return None
+    with open(header, "rb") as handle:
+        head = handle.read(1 << 16).decode("latin-1")
+    for line in head.splitlines():
+        key, sep, value = line.partition(":" if suffix_of(header) == ".nhdr" else "=")
+        if sep and key.strip().lower() in ("data file", "datafile", "elementdatafile"):
+            value = value.strip()
+            return None if value.upper() in ("LOCAL", "") or value.upper().startswith("LIST") else header.parent / value
+    return None
+
+
 def _input_identities(inputs: Iterable[Path]) -> list[tuple[Path, str, tuple[int, int] | None]]:
     found = []
     for item in inputs:
         item = Path(item)
         found.append((item, *_identity(item)))
+        data = detached_data_of(item)
+        if data is not None:
+            found.append((data, *_identity(data)))
         if item.is_dir():  # a DICOM series folder: every file in it is an input
             for child in item.iterdir():
                 if child.is_file():
@@ -158,7 +177,7 @@ def check_refine_paths(image_path: Path, segmentation_path: Path, output: Path, 
     is_segmentation = suffix_of(segmentation_path) == SEGMENTATION_SUFFIX
     if is_segmentation != (suffix_of(output) == SEGMENTATION_SUFFIX):
         raise OutputError(f"output {output.name} must be the same kind as {segmentation_path.name} "
-                          "(.seg.nrrd stays .seg.nrrd, a label map stays a label map)")
+                          "; a .seg.nrrd stays a .seg.nrrd and a label map stays a label map")
     if not is_segmentation and suffix_of(output) not in LABELMAP_SUFFIXES:
         raise OutputError(f"unknown output type for {output.name}; use .nii.gz, .nii, .nrrd or .mha")
     outputs = [("output", output)]
