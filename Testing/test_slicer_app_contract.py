@@ -337,3 +337,22 @@ def test_a_torch_older_than_the_minimum_is_not_accepted(application, monkeypatch
     with pytest.raises(InstallError, match="needs PyTorch >=2.3; PyTorch 2.1.2 is installed") as raised:
         ensureTorch()
     assert raised.value.restartRequired
+
+
+# ---- the smoke test for a real Slicer (runs in CI only) --------------------------------------------------
+
+def test_smoke_script_and_workflow_name_what_exists():
+    smoke = (ROOT / "Testing" / "SlicerApp" / "smoke.py").read_text()
+    ast.parse(smoke)
+    ast.parse((ROOT / "Testing" / "SlicerApp" / "prepare.py").read_text())
+    assert f'EFFECT_NAME = "{EFFECT_NAME}"' in smoke
+    assert f'scriptedEffect.name = "{EFFECT_NAME}"' in (EFFECT_DIR / "SegmentEditorE2MISegEdgeRefineLib" /
+                                                        "SegmentEditorEffect.py").read_text()
+    model = re.search(r'MODEL = "([^"]+)"', smoke).group(1)
+    assert (MODULE_DIR / "Resources" / "Models" / f"{model}.safetensors").is_file() and SAMPLE.is_file()
+    assert "widget.onSegmentButton()" in smoke and "slicer.util.exit(1)" in smoke
+    workflow = (ROOT / ".github" / "workflows" / "slicer-smoke.yml").read_text()
+    for needed in ("xvfb-run", '--additional-module-paths "$PWD/E2MISegModule" "$PWD/E2MISegModule/SegmentEditorE2MISegEdgeRefine"',
+                   "Testing/SlicerApp/prepare.py", "Testing/SlicerApp/smoke.py", "stability=release",
+                   "actions/upload-artifact"):
+        assert needed in workflow, needed

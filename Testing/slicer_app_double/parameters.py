@@ -8,6 +8,8 @@ Mechanics checked in Slicer's Base/Python/slicer/parameterNodeWrapper/ at v5.10.
   property is set is bound; ``_checkParamName`` raises ValueError for a name that is no field.
 - wrapper.py ``_connectParametersToGui``: each widget is written from the node at once and on every
   ModifiedEvent of the node; a widget change writes the node.
+- wrapper.py ``_disconnectGui``: the GUI's callbacks are dropped; v5.12.0 also removes the node observer
+  (v5.10.0 leaves it, but it then writes no widget), so the double removes it as 5.12 does.
 - guiConnectors.py ``createGuiConnector``: a widget class that cannot represent the field's type is a
   RuntimeError; QComboBox + enum fills the items with ``label(member)`` (or the name).
 """
