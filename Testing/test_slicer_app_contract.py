@@ -356,3 +356,69 @@ def test_smoke_script_and_workflow_name_what_exists():
                    "Testing/SlicerApp/prepare.py", "Testing/SlicerApp/smoke.py", "stability=release",
                    "actions/upload-artifact"):
         assert needed in workflow, needed
+
+
+def test_a_stroke_with_the_registered_effect_refines_only_under_it_on_real_mrml(application):
+    """The effect as the editor runs it: images and edits go through the real vtkSlicerSegmentEditorLogic."""
+    import numpy as np
+    import vtk
+
+    from E2MISegModuleLib.SegmentationImport import maskToOrientedImage
+
+    application.loadScriptedModule(str(MODULE_FILE))
+    application.loadScriptedModule(str(HIDDEN_MODULE_FILE))
+    application.emitStartupCompleted()
+    scene = slicer.mrmlScene
+    rng = np.random.default_rng(0)
+    k, j, i = np.mgrid[0:40, 0:48, 0:48]
+    ball = (k - 20) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 12 ** 2
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ball")
+    image = vtk.vtkImageData()
+    image.SetDimensions(48, 48, 40)
+    from vtk.util import numpy_support
+
+    voxels = (100 + 80 * ball + rng.normal(0, 8, ball.shape)).astype(np.float32)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True))
+    volume.SetAndObserveImageData(image)
+    volume.SetSpacing(0.8, 0.8, 1.5)
+    volume.SetOrigin(-10.0, 5.0, 2.0)
+    ijkToRas = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijkToRas)
+    matrix = np.array([[ijkToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentId = segmentationNode.GetSegmentation().AddEmptySegment("ball")
+    drawn = (k - 20) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 9 ** 2  # 3 voxels too small
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        maskToOrientedImage(drawn, matrix), segmentationNode, segmentId,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, None, False, [])
+
+    editorLogic = slicer.vtkSlicerSegmentEditorLogic()
+    editorLogic.SetMRMLScene(scene)
+    editorLogic.SetSegmentEditorNode(scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+    editorLogic.SetSegmentationNode(segmentationNode)
+    editorLogic.SetSourceVolumeNode(volume)
+    editorLogic.SetCurrentSegmentID(segmentId)
+    scriptedEffect = slicer.qSlicerSegmentEditorEffectFactory.instance().effects[EFFECT_NAME]
+    scriptedEffect.bindEditorLogic(editorLogic)
+    effect = scriptedEffect.self()
+    effect.setMRMLDefaults()
+
+    def segment():
+        from E2MISegModuleLib.SegmentationImport import exportSegmentsToArray
+
+        return exportSegmentsToArray(slicer.modules.segmentations.logic(), segmentationNode, [segmentId], volume, scene) > 0
+
+    before = segment()
+    assert np.array_equal(before, drawn)
+    # a stroke along the +i side of the ball in slice k = 20 (RAS points, as the mouse gives them)
+    stroke = np.array([(matrix @ [34.0, float(jj), 20.0, 1.0])[:3] for jj in (20, 24, 28)])
+    changed = effect.applyStroke(stroke)
+    after = segment()
+    assert changed == int((after != before).sum()) > 0
+    assert np.array_equal(after[:, :, :28], before[:, :, :28])  # far from the stroke: untouched
+    assert np.array_equal(after[:12], before[:12]) and np.array_equal(after[29:], before[29:])  # beyond 5 mm in k
+    assert (after & ball).sum() > (before & ball).sum() and (after & ~ball).sum() <= (before & ~ball).sum() + 2
+    editorLogic.Undo()
+    assert np.array_equal(segment(), before)

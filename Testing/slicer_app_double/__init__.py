@@ -170,6 +170,10 @@ class SlicerApplication:
         slicer.qSlicerScriptedLoadableModuleWidget = appModule.ModuleRepresentation
         appModule.EffectFactory._instance = None
         slicer.qSlicerSegmentEditorEffectFactory = appModule.EffectFactory
+        editorLogic = slicer.vtkSlicerSegmentEditorLogic
+        slicer.qSlicerSegmentEditorAbstractEffect = types.SimpleNamespace(
+            ModificationModeSet=editorLogic.ModificationModeSet, ModificationModeAdd=editorLogic.ModificationModeAdd,
+            ModificationModeRemove=editorLogic.ModificationModeRemove)
         self.app = app
         return app
 

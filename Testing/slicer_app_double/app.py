@@ -189,6 +189,7 @@ class ScriptedEffect:
         self.requireSegments = False
         self.python = None
         self.parameters = {}
+        self.editorLogic = None
 
     def setPythonSource(self, path: str) -> bool:
         moduleName = os.path.basename(os.path.dirname(path))
@@ -202,6 +203,36 @@ class ScriptedEffect:
 
     def self(self):
         return self.python
+
+    # ---- the images and edits an effect works with, on the real vtkSlicerSegmentEditorLogic ----
+    # In Slicer 5.10 the effect's volumes are the segment editor logic's: qSlicerSegmentEditorAbstractEffect.cxx
+    # (defaultModifierLabelmap, sourceVolumeImageData, selectedSegmentLabelmap) emits updateVolumeSignal, which
+    # qMRMLSegmentEditorWidget::updateVolume hands to vtkSlicerSegmentEditorLogic::UpdateVolume; that resets the
+    # modifier or updates the aligned source / selected segment. modifySelectedSegmentByLabelmap calls
+    # vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap(segmentation, selected segment, modifier, mode,
+    # extent, perSegment(), bypassMasking) (the effect's ModificationMode enum is static_cast to the logic's).
+
+    def bindEditorLogic(self, editorLogic):
+        self.editorLogic = editorLogic
+
+    def defaultModifierLabelmap(self):
+        return self.editorLogic.GetModifierLabelmap() if self.editorLogic.ResetModifierLabelmapToDefault() else None
+
+    def sourceVolumeImageData(self):
+        return self.editorLogic.GetAlignedSourceVolume() if self.editorLogic.UpdateAlignedSourceVolume() else None
+
+    def selectedSegmentLabelmap(self):
+        return self.editorLogic.GetSelectedSegmentLabelmap() if self.editorLogic.UpdateSelectedSegmentLabelmap() else None
+
+    def saveStateForUndo(self):
+        self.editorLogic.SaveStateForUndo()
+
+    def modifySelectedSegmentByLabelmap(self, modifier, mode, bypassMasking=False):
+        self.editorLogic.ModifySegmentByLabelmap(self.editorLogic.GetSegmentationNode(), self.editorLogic.GetCurrentSegmentID(),
+                                                 modifier, mode, self.perSegment, bypassMasking)
+
+    def setParameter(self, name, value):
+        self.parameters[name] = value
 
     def setParameterDefault(self, name, value):
         self.parameters.setdefault(name, value)
