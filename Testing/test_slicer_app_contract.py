@@ -15,6 +15,7 @@ import sys
 import time
 import types
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import pytest
 
@@ -189,7 +190,7 @@ def test_segment_through_the_button_then_leave_the_module_before_it_finishes(app
 
     assert not widget.timer.isActive() and ui.statusLabel.text.startswith("Done")
     assert application.cursorDepth == 0  # every wait cursor was restored
-    segmentation = module.python and slicer.util.getModuleLogic("E2MISegModule").getParameterNode().outputSegmentation
+    segmentation = slicer.util.getModuleLogic("E2MISegModule").getParameterNode().outputSegmentation
     assert segmentation is not None, "the result must reach the module's parameter node after exit()"
     assert segment_names(segmentation) == [label["name"] for label in HIPPOCAMPUS_LABELS]
     assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")  # Show 3D ran
@@ -225,7 +226,7 @@ def test_effect_registers_at_startup_and_loads_as_slicer_loads_it(application):
     assert type(effect).__module__ == "SegmentEditorE2MISegEdgeRefineLib" and not hasattr(loaded, "__path__")
     assert slicer.SegmentEditorE2MISegEdgeRefineLib is effect
     assert (EFFECT_DIR / "Resources" / "Icons" / "SegmentEditorE2MISegEdgeRefine.png").is_file()
-    assert effect.icon().path and __import__("os").path.isfile(effect.icon().path)
+    assert Path(effect.icon().path).resolve() == (EFFECT_DIR / "Resources" / "Icons" / "SegmentEditorE2MISegEdgeRefine.png")
     assert "Refine the selected segment" in effect.helpText()
     effect.setMRMLDefaults()
     assert effect.scriptedEffect.doubleParameter("Strength") == pytest.approx(0.6)
@@ -362,8 +363,9 @@ def test_a_stroke_with_the_registered_effect_refines_only_under_it_on_real_mrml(
     """The effect as the editor runs it: images and edits go through the real vtkSlicerSegmentEditorLogic."""
     import numpy as np
     import vtk
+    from vtk.util import numpy_support
 
-    from E2MISegModuleLib.SegmentationImport import maskToOrientedImage
+    from E2MISegModuleLib.SegmentationImport import exportSegmentsToArray, maskToOrientedImage
 
     application.loadScriptedModule(str(MODULE_FILE))
     application.loadScriptedModule(str(HIDDEN_MODULE_FILE))
@@ -375,8 +377,6 @@ def test_a_stroke_with_the_registered_effect_refines_only_under_it_on_real_mrml(
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ball")
     image = vtk.vtkImageData()
     image.SetDimensions(48, 48, 40)
-    from vtk.util import numpy_support
-
     voxels = (100 + 80 * ball + rng.normal(0, 8, ball.shape)).astype(np.float32)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True))
     volume.SetAndObserveImageData(image)
@@ -406,8 +406,6 @@ def test_a_stroke_with_the_registered_effect_refines_only_under_it_on_real_mrml(
     effect.setMRMLDefaults()
 
     def segment():
-        from E2MISegModuleLib.SegmentationImport import exportSegmentsToArray
-
         return exportSegmentsToArray(slicer.modules.segmentations.logic(), segmentationNode, [segmentId], volume, scene) > 0
 
     before = segment()
