@@ -34,7 +34,9 @@ for release in "${releases[@]}"; do
     "$main_python" -m venv "$venv"
     venv_site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     echo "import site; site.addsitedir('$main_site')" > "$venv_site/zz_e2miseg_main_venv.pth"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts "slicer-core==$release"
+    # (grep drops the notes about local index folders some machines configure; errors still show)
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts "slicer-core==$release" \
+      2> >(grep -v "^WARNING: Location" >&2)
   fi
   got="$("$venv/bin/python" -c 'import importlib.metadata as m, slicer, vtk; print(m.version("slicer-core"), "vtk", vtk.vtkVersion.GetVTKVersion(), slicer.__file__)')"
   echo "== slicer-core $release: $got"

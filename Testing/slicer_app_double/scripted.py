@@ -14,7 +14,7 @@ import slicer
 class ScriptedLoadableModule:
     def __init__(self, parent):
         # Slicer: super().__init__() first, then moduleName = class name, parent fields reset to the
-        # template's, and the icon taken from Resources/Icons/<moduleName>.png beside the module file.
+        # template's, and the icon taken from Resources/Icons/<moduleName>.svg or .png beside the module file.
         super().__init__()
         self.parent = parent
         self.moduleName = self.__class__.__name__
@@ -24,8 +24,12 @@ class ScriptedLoadableModule:
         parent.contributors = ["(template contributors)"]
         parent.helpText = "(template help)"
         parent.acknowledgementText = "(template acknowledgement)"
-        iconPath = os.path.join(os.path.dirname(parent.path), "Resources/Icons", self.moduleName + ".png")
-        parent.iconPath = iconPath if os.path.isfile(iconPath) else None
+        parent.iconPath = None
+        for extension in (".svg", ".png"):
+            iconPath = os.path.join(os.path.dirname(parent.path), "Resources/Icons", self.moduleName + extension)
+            if os.path.isfile(iconPath):
+                parent.iconPath = iconPath
+                break
 
     def resourcePath(self, filename):
         return os.path.join(os.path.dirname(self.parent.path), "Resources", filename)
