@@ -420,3 +420,23 @@ def test_a_stroke_with_the_registered_effect_refines_only_under_it_on_real_mrml(
     assert (after & ball).sum() > (before & ball).sum() and (after & ~ball).sum() <= (before & ~ball).sum() + 2
     editorLogic.Undo()
     assert np.array_equal(segment(), before)
+
+
+def test_the_smoke_script_runs_in_the_double(application, monkeypatch):
+    """Testing/SlicerApp/smoke.py's steps against the double (the CI run on a real Slicer is the real check):
+    a tiny model instead of the bundled one, and Slicer's volume storage node in place of loadVolume."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e2miseg_smoke", ROOT / "Testing" / "SlicerApp" / "smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)  # not __main__: defines the steps, runs nothing
+    monkeypatch.setattr(smoke, "MODEL", "tiny-hippocampus")
+    monkeypatch.setattr(slicer.util, "loadVolume", lambda path: load_sample(slicer.mrmlScene))
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *args, **kwargs: errors.append(text))
+    application.loadScriptedModule(str(MODULE_FILE))
+    application.loadScriptedModule(str(HIDDEN_MODULE_FILE))
+    application.emitStartupCompleted()
+    volume, segmentationNode = smoke.segmentWithTheModule(errors)
+    assert segment_names(segmentationNode) == [label["name"] for label in HIPPOCAMPUS_LABELS] and not errors
+    smoke.strokeWithTheEffect(volume, segmentationNode)

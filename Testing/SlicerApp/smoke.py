@@ -128,11 +128,14 @@ def main():
     log("PASSED")
 
 
-try:  # Slicer runs this file in its __main__ namespace (qSlicerCoreApplication: executeFile)
-    main()
-except BaseException:
-    traceback.print_exc()
-    log("FAILED")
-    slicer.util.exit(1)
-else:
-    slicer.util.exit(0)
+# Slicer runs the file in its __main__ namespace (qSlicerCoreApplication -> CTK's ctkAbstractPythonManager::
+# executeFile: exec(open(file).read(), globals())); Testing/test_slicer_app_contract.py imports it instead
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException:
+        traceback.print_exc()
+        log("FAILED")
+        slicer.util.exit(1)
+    else:
+        slicer.util.exit(0)

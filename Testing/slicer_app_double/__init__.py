@@ -30,7 +30,7 @@ _APPLICATION_MODULES = ("qt", "ctk", "SegmentEditorEffects", "qSlicerSegmentatio
                         "E2MISegModuleLib.SelfTest")
 _SLICER_ATTRIBUTES = ("app", "mrmlScene", "modules", "i18n", "ScriptedLoadableModule", "parameterNodeWrapper",
                       "qSlicerScriptedLoadableModule", "qSlicerScriptedLoadableModuleWidget",
-                      "qSlicerSegmentEditorEffectFactory", "qSlicerSegmentEditorAbstractEffect",
+                      "qSlicerSegmentEditorEffectFactory", "qSlicerSegmentEditorAbstractEffect", "qMRMLSegmentEditorWidget",
                       "SegmentEditorE2MISegEdgeRefineLib")
 
 
@@ -38,11 +38,13 @@ class QTimer(qtwidgets.QObject):
     """qt.QTimer without an event loop: the test calls ``fire()`` where Qt would call the timeout slots."""
 
     SIGNALS = ("timeout",)
+    alive = []  # what the event loop would serve: slicer.app.processEvents() fires the active ones
 
     def __init__(self):
         super().__init__("timer")
         self.interval = 0
         self.active = False
+        QTimer.alive.append(self)
 
     def setInterval(self, msec):
         self.interval = msec
@@ -148,7 +150,8 @@ class SlicerApplication:
         self._savedPath = list(sys.path)
         for name in _APPLICATION_MODULES:
             sys.modules.pop(name, None)
-        app = appModule.Application(self.version)
+        QTimer.alive = []
+        app = appModule.Application(self.version, processEvents=lambda: [t.fire() for t in list(QTimer.alive)])
         segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
         segmentationsLogic.SetMRMLScene(self.scene)
         effects, pythonQt = _effectsModules()
@@ -170,6 +173,7 @@ class SlicerApplication:
         slicer.qSlicerScriptedLoadableModuleWidget = appModule.ModuleRepresentation
         appModule.EffectFactory._instance = None
         slicer.qSlicerSegmentEditorEffectFactory = appModule.EffectFactory
+        slicer.qMRMLSegmentEditorWidget = appModule.SegmentEditorWidget
         editorLogic = slicer.vtkSlicerSegmentEditorLogic
         slicer.qSlicerSegmentEditorAbstractEffect = types.SimpleNamespace(
             ModificationModeSet=editorLogic.ModificationModeSet, ModificationModeAdd=editorLogic.ModificationModeAdd,

@@ -112,8 +112,9 @@ class CommandOptions:
 class Application:
     """slicer.app: version, testing mode, cursor, the startupCompleted() signal and the module manager."""
 
-    def __init__(self, version=(5, 10)):
+    def __init__(self, version=(5, 10), processEvents=None):
         self.majorVersion, self.minorVersion = version
+        self._processEvents = processEvents
         self._moduleManager = ModuleManager()
         self.startupSlots = []
         self.cursorDepth = 0
@@ -144,7 +145,8 @@ class Application:
         self.cursorDepth -= 1
 
     def processEvents(self):
-        pass
+        if self._processEvents is not None:
+            self._processEvents()
 
     def loadScriptedModule(self, path: str) -> ScriptedModule:
         """Base/QTGUI/qSlicerScriptedLoadableModuleFactory.cxx (v5.10.0): ctkFactoryScriptedItem::load appends
@@ -176,6 +178,48 @@ class EffectFactory:
 
     def registerEffect(self, scriptedEffect):
         self.effects[scriptedEffect.name] = scriptedEffect
+
+    def registeredEffects(self):
+        return list(self.effects.values())
+
+
+class SegmentEditorWidget:
+    """slicer.qMRMLSegmentEditorWidget without its GUI (Modules/Loadable/Segmentations/Widgets/
+    qMRMLSegmentEditorWidget.cxx, v5.10.0): it works on copies of the registered effects (copyEffects ->
+    clone()), gives each the editor's vtkSlicerSegmentEditorLogic, calls setMRMLDefaults() once the
+    editor node is set, and forwards the node/segment selection and undo() to that logic."""
+
+    def __init__(self):
+        self.logic = slicer.vtkSlicerSegmentEditorLogic()
+        self.effects = [effect.python.clone() for effect in EffectFactory.instance().registeredEffects()]
+        self.active = None
+
+    def setMRMLScene(self, scene):
+        self.logic.SetMRMLScene(scene)
+
+    def setMRMLSegmentEditorNode(self, node):
+        self.logic.SetSegmentEditorNode(node)
+        for effect in self.effects:
+            effect.bindEditorLogic(self.logic)
+            effect.python.setMRMLDefaults()
+
+    def setSegmentationNode(self, node):
+        self.logic.SetSegmentationNode(node)
+
+    def setSourceVolumeNode(self, node):
+        self.logic.SetSourceVolumeNode(node)
+
+    def setCurrentSegmentID(self, segmentId):
+        self.logic.SetCurrentSegmentID(segmentId)
+
+    def setActiveEffectByName(self, name):
+        self.active = next((effect for effect in self.effects if effect.name == name), None)
+
+    def activeEffect(self):
+        return self.active
+
+    def undo(self):
+        self.logic.Undo()
 
 
 class ScriptedEffect:
