@@ -440,3 +440,14 @@ def test_the_smoke_script_runs_in_the_double(application, monkeypatch):
     volume, segmentationNode = smoke.segmentWithTheModule(errors)
     assert segment_names(segmentationNode) == [label["name"] for label in HIPPOCAMPUS_LABELS] and not errors
     smoke.strokeWithTheEffect(volume, segmentationNode)
+
+
+def test_the_effect_registers_before_the_engines_packages_are_installed(application, monkeypatch):
+    """A fresh Slicer has no scipy until the user accepts E2MISeg's packages: the effect must still register."""
+    for name in ("scipy", "scipy.ndimage", "e2miseg.edges.stroke", "e2miseg.edges.region", "e2miseg.edges.band",
+                 "e2miseg.edges.refine"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing any of these now raises ImportError
+    application.loadScriptedModule(str(MODULE_FILE))
+    application.loadScriptedModule(str(HIDDEN_MODULE_FILE))
+    application.emitStartupCompleted()
+    assert EFFECT_NAME in slicer.qSlicerSegmentEditorEffectFactory.instance().effects

@@ -18,11 +18,25 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 # Slicer loads this file as a plain module named after its folder, "SegmentEditorE2MISegEdgeRefineLib"
 # (qSlicerSegmentEditorScriptedEffect::setPythonSource -> qSlicerScriptedUtils::loadSourceAsModule, v5.10.0):
-# that name is no package, so nothing may be imported from this folder. The arithmetic is the engine's.
-from e2miseg.edges import refine_under_stroke
+# that name is no package, so nothing may be imported from this folder. The arithmetic is the engine's
+# (e2miseg.edges.refine_under_stroke), imported on the first stroke: it needs scipy, which a fresh Slicer
+# lacks until the user accepts E2MISeg's packages, and the effect must register before that.
 
 DEFAULT_STRENGTH = 0.6  # a stroke is a deliberate "this edge is wrong": stronger than the automatic default
 DEFAULT_RADIUS_MM = 5.0
+
+
+def refineUnderStroke():
+    """The engine's stroke refinement; asks to install E2MISeg's Python packages when they are missing."""
+    try:
+        from e2miseg.edges import refine_under_stroke
+    except ImportError:
+        from E2MISegModuleLib.Install import ensurePackages
+
+        moduleDir = os.path.dirname(slicer.modules.e2misegmodule.path)
+        ensurePackages(os.path.join(moduleDir, "Resources", "requirements.txt"))
+        from e2miseg.edges import refine_under_stroke
+    return refine_under_stroke
 
 
 def orientedToArray(image) -> np.ndarray:
@@ -199,7 +213,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         strokeIjk = [worldToImage.MultiplyPoint(list(p) + [1.0])[:3] for p in strokeRas]
         extent = modifier.GetExtent()
         segmentArray = orientedToArray(segment)
-        add, remove = refine_under_stroke(orientedToArray(source), segmentArray > 0, np.array(strokeIjk),
+        add, remove = refineUnderStroke()(orientedToArray(source), segmentArray > 0, np.array(strokeIjk),
                                           (extent[0], extent[2], extent[4]), modifier.GetSpacing(),
                                           self.scriptedEffect.doubleParameter("BrushRadiusMm"),
                                           self.scriptedEffect.doubleParameter("Strength"))
