@@ -324,6 +324,51 @@ def _refine_case(args_for, code: int, fragment: str, output_name: str = "refined
     return build
 
 
+# ---- issue 21: numbers and environment variables are checked when they are parsed ------------------
+
+def _flag_case(args: list[str], fragment: str, code: int = 2, env: dict | None = None, notes: str = "",
+               api: Callable[[Path], object] | None = None) -> Callable[[Path], BadInput]:
+    def build(d: Path) -> BadInput:
+        return BadInput([_good_input(d)], code, fragment, args=args, env=env or {}, notes=notes, api=api)
+    return build
+
+
+def _api_predict(**options):
+    def call(checkpoint: Path):
+        import e2miseg
+        model, _ = e2miseg.load_model(checkpoint, device="cpu")
+        return e2miseg.predict(volume(good_array()), model, **options)
+    return call
+
+
+def _api_env(name: str, value: str):
+    def call(_checkpoint: Path):
+        import os
+        from e2miseg.environment import check_environment
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            check_environment()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return call
+
+
+def _case_models_import_unwritable_store(d: Path) -> BadInput:
+    from helpers import make_e2miseg_checkpoint
+    (d / "a_file").write_text("x")
+    checkpoint = make_e2miseg_checkpoint(d / "tiny.safetensors")
+    return BadInput([], 5, "cannot write the model store", command="models", args=["import", str(checkpoint)],
+                    env={"E2MISEG_MODELS": str(d / "a_file" / "store")}, notes="was: internal error NotADirectoryError, exit 70")
+
+
+def _refine_flag(args: list[str], code: int, fragment: str, notes: str = "") -> Callable[[Path], BadInput]:
+    return _refine_case(lambda d, i, s: args, code, fragment, notes=notes)
+
+
 CASES: dict[str, Callable[[Path], BadInput]] = {
     "missing file": _case_missing,
     "folder with no images": _case_empty_folder,
@@ -368,4 +413,44 @@ CASES: dict[str, Callable[[Path], BadInput]] = {
     "refine: -o is the segmentation": _refine_case(lambda d, i, s: [], 5, "is the input file seg.nii.gz", output_name="seg.nii.gz"),
     "refine: --uncertainty is -o": _refine_case(lambda d, i, s: ["--uncertainty", str(d / "refined.nii.gz")], 5, "is the same file as output"),
     "refine: -o kind differs": _refine_case(lambda d, i, s: [], 5, "must be the same kind as seg.nii.gz", output_name="r.seg.nrrd"),
+    "--step 50 (meant 50 %)": _flag_case(["--step", "50"], "step (--step) 50.0 is outside 0..1", api=_api_predict(step=50),
+                                        notes="was: exit 0, windows 50 patches apart left gaps"),
+    "--step -1": _flag_case(["--step", "-1"], "step (--step) -1.0 is outside 0..1"),
+    "--step nan": _flag_case(["--step", "nan"], "step (--step) nan is outside 0..1", api=_api_predict(step=float("nan"))),
+    "--step inf": _flag_case(["--step", "inf"], "step (--step) inf is outside 0..1", notes="was: internal error"),
+    "--step 0": _flag_case(["--step", "0"], "step (--step) 0.0 is outside 0..1", notes="was: silently the default"),
+    "--step 1e-6 (under one voxel)": _flag_case(["--step", "1e-6"], "is under one voxel of model 'test-model''s 16-voxel window",
+                                               api=_api_predict(step=1e-6), notes="was: 6,525 windows instead of 28"),
+    "--step not a number": _flag_case(["--step", "half"], "argument --step: invalid float value: 'half'"),
+    "--min-island-mm3 inf": _flag_case(["--min-island-mm3", "inf"], "min_island_mm3 (--min-island-mm3) inf is outside 0..1e+09",
+                                       api=_api_predict(min_island_mm3=float("inf")), notes="was: internal error OverflowError, exit 70"),
+    "--min-island-mm3 negative": _flag_case(["--min-island-mm3", "-5"], "min_island_mm3 (--min-island-mm3) -5.0 is outside"),
+    "--edge-strength nan": _flag_case(["--refine-edges", "--edge-strength", "nan"], "edge_strength (--edge-strength) nan is outside 0..1"),
+    "--batch-size 0": _flag_case(["--batch-size", "0"], "batch_size (--batch-size) 0 is outside 1..4096"),
+    "--device nonsense": _flag_case(["--device", "gpu7"], "device (--device) 'gpu7' is not one of"),
+    "E2MISEG_MEMORY_LIMIT_MB=inf": _flag_case([], "E2MISEG_MEMORY_LIMIT_MB='inf' is outside", env={"E2MISEG_MEMORY_LIMIT_MB": "inf"},
+                                              api=_api_env("E2MISEG_MEMORY_LIMIT_MB", "inf"), notes="was: internal error OverflowError, exit 70"),
+    "E2MISEG_MEMORY_LIMIT_MB=abc": _flag_case([], "E2MISEG_MEMORY_LIMIT_MB='abc' is not a number of megabytes",
+                                              env={"E2MISEG_MEMORY_LIMIT_MB": "abc"}, api=_api_env("E2MISEG_MEMORY_LIMIT_MB", "abc")),
+    "E2MISEG_MEMORY_LIMIT_MB=-1": _flag_case([], "E2MISEG_MEMORY_LIMIT_MB='-1' is outside", env={"E2MISEG_MEMORY_LIMIT_MB": "-1"},
+                                             notes="was: 'needs 192 MB but -1.0 MB is available'"),
+    "E2MISEG_RUNTIME garbage": _flag_case([], "E2MISEG_RUNTIME='fast' is not one of auto, torch, openvino",
+                                          env={"E2MISEG_RUNTIME": "fast"}, api=_api_env("E2MISEG_RUNTIME", "fast"),
+                                          notes="was: 'unknown runtime' without the variable's name, after the model loaded"),
+    "E2MISEG_PRECISION garbage": _flag_case([], "E2MISEG_PRECISION='f64' is not one of", env={"E2MISEG_PRECISION": "f64"}),
+    "E2MISEG_MODELS empty": _flag_case([], "E2MISEG_MODELS is set but empty", env={"E2MISEG_MODELS": ""}),
+    "WORLD_SIZE garbage": _flag_case([], "WORLD_SIZE='two' is not a whole number", env={"WORLD_SIZE": "two"}),
+    "models import, store cannot be created": _case_models_import_unwritable_store,
+    "refine: --band-mm nan": _refine_flag(["--band-mm", "nan"], 1, "edge band (--band-mm) nan mm is outside 0..100 mm",
+                                          notes="was: internal error ValueError, exit 70"),
+    "refine: --band-mm 0": _refine_flag(["--band-mm", "0"], 1, "edge band (--band-mm) 0.0 mm is outside"),
+    "refine: --strength inf": _refine_flag(["--strength", "inf"], 1, "edge strength inf is outside 0..1"),
+    "refine: --roi nan": _refine_flag(["--roi", "nan,0,0,5,5,5"], 1, "is not six finite numbers; give six comma-separated numbers",
+                                      notes="was: internal error ValueError, exit 70"),
+    "refine: --roi five numbers": _refine_flag(["--roi", "1,2,3,4,5"], 1, "is not six finite numbers; give six comma-separated numbers"),
+    "refine: --roi outside the image": _refine_flag(["--roi", "500,500,500,600,600,600"], 1, "lies outside the image"),
+    "refine: --labels absent value": _refine_flag(["--labels", "7"], 1, "label 7 is not in seg.nii.gz"),
+    "refine: segmentation on another scan (shifted 50 mm)": _refine_case(
+        lambda d, i, s: [], 3, "seg.nii.gz does not lie on good.nrrd", seg_origin=(46.5, 12.0, 40.25),
+        notes="was: refined against zero-filled intensities, exit 0"),
 }

@@ -135,7 +135,11 @@ def cmd_predict(args) -> int:
 
         # The input is checked against the model's card (header first, then voxels) before torch loads,
         # so a bad file fails in a second; the checksum is verified when the weights load below.
-        channels = read_checked_channels([str(p) for p in inputs], read_card(resolve(args.model, verify=False).path))
+        card = read_card(resolve(args.model, verify=False).path)
+        from .inference import check_step
+
+        check_step(settings.step, card)
+        channels = read_checked_channels([str(p) for p in inputs], card)
         from . import api
         from .io import write_result
 
@@ -201,8 +205,16 @@ def cmd_models(args) -> int:
     raise E2MISegError(f"unknown models action {args.action}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, like every other error (its usage text is behind --help)."""
+
+    def error(self, message: str):
+        print(f"e2miseg: error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="e2miseg", description="Segment medical images with E2MISeg, EHANet and S²aNet models.")
+    parser = OneLineParser(prog="e2miseg", description="Segment medical images with E2MISeg, EHANet and S²aNet models.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -247,6 +259,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         notices.addHandler(handler)
         notices.setLevel(logging.INFO)
     try:
+        from .environment import check_environment
+
+        check_environment()  # a bad variable fails here, named, before any file or model is read
         return args.func(args)
     except E2MISegError as exc:
         if args.debug:

@@ -102,6 +102,21 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
+def check_step(step: float | None, card: dict[str, Any]) -> None:
+    """A step whose stride is under one voxel along the patch's shortest side would silently become
+    a one-voxel stride (``--step 1e-6``: 6,525 windows instead of 28); refuse it and say the least step
+    this model takes."""
+    patch = card["inference"].get("patch_size_zyx")
+    if step is None or not patch:
+        return
+    least = 1.0 / min(patch)
+    if step < least:
+        from .settings import SettingsError
+
+        raise SettingsError(f"step (--step) {step:g} is under one voxel of model '{card['name']}''s {min(patch)}-voxel window; "
+                            f"give a fraction of the window in {least:.3g}..1 (0.5 is half a window)")
+
+
 class Predictor:
     """Runs one model over preprocessed arrays as its card prescribes."""
 
@@ -115,6 +130,7 @@ class Predictor:
         self.num_classes = int(getattr(model, "num_classes", 0)) or 1 + max(label["value"] for label in card["labels"])
         self.batch_size = self.options.batch_size or self.settings["batch_size"]
         default_step = self.settings["fast_step"] if self.options.fast else self.settings["step"]
+        check_step(self.options.step, card)
         self.step = self.options.step or default_step
         # On a GPU the windows are summed in GPU memory (no copy back per tile); the out-of-memory
         # fallback (fallback.py) turns this off before giving up the GPU altogether.

@@ -42,7 +42,9 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("E2MISEG_CACHE", Path.home() / ".e2miseg" / "cache"))
+    from .environment import folder_variable, home
+
+    return folder_variable("E2MISEG_CACHE") or home() / ".e2miseg" / "cache"
 
 
 def openvino_available() -> bool:
@@ -54,7 +56,9 @@ def openvino_available() -> bool:
 
 
 def resolve_runtime(name: str | None, device: torch.device) -> str:
-    name = (name or os.environ.get("E2MISEG_RUNTIME") or "auto").lower()
+    from .environment import choice
+
+    name = (name or choice("E2MISEG_RUNTIME", RUNTIMES) or "auto").lower()
     if name not in RUNTIMES:
         raise E2MISegError(f"unknown runtime '{name}'; use auto, torch or openvino")
     if name == "openvino":
@@ -85,7 +89,9 @@ def native_bf16() -> bool:
 
 def resolve_precision(name: str | None, runtime: str, device: torch.device, model: torch.nn.Module) -> str:
     """``"f32"``, ``"bf16"`` or ``"f16"`` for this network, runtime and device (see the module docstring)."""
-    name = (name or os.environ.get("E2MISEG_PRECISION") or "auto").lower()
+    from .environment import choice
+
+    name = (name or choice("E2MISEG_PRECISION", PRECISIONS) or "auto").lower()
     if name not in PRECISIONS:
         raise E2MISegError(f"unknown precision '{name}'; use auto, f32, bf16 or f16")
     on_cpu = device.type == "cpu"

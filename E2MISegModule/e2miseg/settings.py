@@ -219,20 +219,23 @@ def _checked(spec: dataclasses.Field, value: Any) -> Any:
         return value
     if meta["choices"]:
         if value not in meta["choices"]:
-            raise SettingsError(f"{where} '{value}' is not one of {', '.join(meta['choices'])}")
+            raise SettingsError(f"{where} '{value}' is not one of {', '.join(meta['choices'])}; use one of these")
         return value
     if name == "device":
         text = str(value)
         if text not in DEVICES and not (text.startswith("cuda:") and text[5:].isdigit()):
-            raise SettingsError(f"{where} '{value}' is not one of {', '.join(DEVICES)} or cuda:N")
+            raise SettingsError(f"{where} '{value}' is not one of {', '.join(DEVICES)} or cuda:N; use one of these")
         return text
     integer = name == "batch_size"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and int(value) != value):
-        raise SettingsError(f"{where} must be {'a whole' if integer else 'a'} number in {_range_text(meta)}, not {value!r}")
+        raise SettingsError(f"{where} must be {'a whole' if integer else 'a'} number in {_range_text(meta)}, not {value!r}; "
+                            f"give a number in that range")
     number = int(value) if integer else float(value)
     low, high = meta["minimum"], meta["maximum"]
     if number != number or number > high or number < low or (meta["minimum_exclusive"] and number == low):
-        raise SettingsError(f"{where} {value!r} is outside {_range_text(meta)}")
+        hint = (f"it is a fraction of the window: for {number:g} % write {number / 100:g}" if name == "step" and 1 < number <= 100
+                else "give a value in that range")
+        raise SettingsError(f"{where} {value!r} is outside {_range_text(meta)}; {hint}")
     return number
 
 

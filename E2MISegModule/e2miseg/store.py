@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_checkpoint, sha256_of
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 INDEX_NAME = "index.json"
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -26,7 +26,9 @@ def bundled_models_dir() -> Path:
 
 
 def user_models_dir() -> Path:
-    return Path(os.environ.get("E2MISEG_MODELS", Path.home() / ".e2miseg" / "models"))
+    from .environment import folder_variable, home
+
+    return folder_variable("E2MISEG_MODELS") or home() / ".e2miseg" / "models"
 
 
 def store_dirs() -> list[Path]:
@@ -103,11 +105,17 @@ def import_model(path: str | os.PathLike, folder: Path | None = None) -> StoredM
     source = Path(path)
     _, card = read_checkpoint(source)  # refuses broken or hostile files before anything is copied
     folder = folder or user_models_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{card['name']}{CHECKPOINT_SUFFIX}"
     tmp = folder / f".{target.name}.tmp"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        if folder.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the model store {folder} ({exc.strerror or exc}); set E2MISEG_MODELS to a folder "
+                          f"you can write to") from None
     digest = sha256_of(target)
     index = _read_index(folder)
     index[target.name] = {"sha256": digest, "version": card["version"], "license": card["license"]}

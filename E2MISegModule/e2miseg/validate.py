@@ -97,13 +97,10 @@ def _size(count: int) -> str:
 
 def memory_limit_bytes() -> int:
     """Available memory, or ``$E2MISEG_MEMORY_LIMIT_MB`` when set (for shared machines and batch jobs)."""
-    override = os.environ.get("E2MISEG_MEMORY_LIMIT_MB", "").strip()
-    if override:
-        try:
-            return int(float(override) * 2**20)
-        except ValueError:
-            raise InputImageError(f"E2MISEG_MEMORY_LIMIT_MB={override!r} is not a number of megabytes; fix or unset it") from None
-    return available_memory_bytes()
+    from .environment import memory_limit_mb
+
+    override = memory_limit_mb()
+    return int(override * 2**20) if override is not None else available_memory_bytes()
 
 
 def check_headers(headers: Sequence[ImageHeader], card: dict[str, Any], memory_limit: int | None = None) -> None:

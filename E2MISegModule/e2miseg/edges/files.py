@@ -7,6 +7,8 @@ segments' extents, which must cover them) differ. ``e2miseg refine`` and the Sli
 """
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,9 +63,9 @@ def parse_roi(text: str) -> list[float]:
     try:
         corners = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        raise E2MISegError(f"--roi {text}: give six comma-separated numbers, e.g. 10,20,5,40,60,12") from None
-    if len(corners) != 6:
-        raise E2MISegError(f"--roi {text}: give six comma-separated numbers, e.g. 10,20,5,40,60,12")
+        raise E2MISegError(f"--roi {text} is not six finite numbers; give six comma-separated numbers, e.g. 10,20,5,40,60,12") from None
+    if len(corners) != 6 or not all(math.isfinite(v) for v in corners):
+        raise E2MISegError(f"--roi {text} is not six finite numbers; give six comma-separated numbers, e.g. 10,20,5,40,60,12")
     return corners
 
 
@@ -77,6 +79,39 @@ def roi_mask(reference: sitk.Image, roi: Sequence[float] | None, roi_space: str 
     if roi_space == "lps":
         return box_mask_lps(reference, corners)
     return box_mask_ijk(reference.GetSize()[::-1], corners)
+
+
+def check_grid_agreement(image: sitk.Image, labels: sitk.Image, labelled_zyx: np.ndarray, image_name: str,
+                         segmentation_name: str) -> None:
+    """Refuse a segmentation whose labelled voxels do not all lie on the image; warn when the grids differ.
+
+    The image is only the guide: refinement reads it on the segmentation's grid, and the output keeps
+    the segmentation's grid (what the user edits). A segmentation on another grid that the image covers
+    (a crop, another spacing, Slicer's segment editor on a resampled volume) is common and safe to
+    refine after linear resampling, so it is refined with a one-line warning. Labelled voxels outside
+    the image (shifted, another patient's scan) would be refined against zero-filled intensities: a
+    wrong result reported as success, so that is refused.
+    """
+    from ..io import same_grid
+    from ..preprocess import nonzero_box
+
+    if same_grid(image, labels) or not labelled_zyx.any():
+        return
+    start, stop = nonzero_box([labelled_zyx])
+    corners_zyx = np.array([[z, y, x] for z in (start[0], stop[0] - 1) for y in (start[1], stop[1] - 1)
+                            for x in (start[2], stop[2] - 1)], dtype=float)
+    outside = 0.0
+    size = np.array(image.GetSize(), dtype=float)
+    for corner in corners_zyx:
+        point = labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner[::-1]])
+        index = np.array(image.TransformPhysicalPointToContinuousIndex(point))
+        outside = max(outside, float(np.max(np.maximum(-0.5 - index, index - (size - 0.5)))))
+    if outside > 0.5:  # more than half a voxel beyond the image's edge
+        raise InputImageError(f"{segmentation_name} does not lie on {image_name}: its labelled voxels reach {outside:.1f} voxels "
+                              f"beyond the image (another grid or another scan); give the image the segmentation was drawn on")
+    logging.getLogger("e2miseg").warning(
+        f"warning: {segmentation_name} is on another grid than {image_name} (size, spacing, origin or direction differ); "
+        f"the image was resampled onto the segmentation's grid (linear) to refine it, and the output keeps the segmentation's grid")
 
 
 def refine_file(image_path: str | Path, segmentation_path: str | Path, output: str | Path,
@@ -104,6 +139,8 @@ def refine_file(image_path: str | Path, segmentation_path: str | Path, output: s
         uncertainty, label_array, reference = _refine_seg_nrrd(image, segmentation_path, output, labels, roi, roi_space, options)
     else:
         label_image = _read_label_map(segmentation_path)
+        check_grid_agreement(image, label_image, sitk.GetArrayViewFromImage(label_image) != 0, Path(image_path).name,
+                             segmentation_path.name)
         present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(label_image)) if v != 0]
         values = _values_for_label_map(labels, present, segmentation_path.name)
         refined, uncertainty = _refine_image(image, label_image, values, roi_mask(label_image, roi, roi_space), options)
@@ -166,6 +203,7 @@ def _refine_seg_nrrd(image: sitk.Image, path: Path, output: Path, labels: Sequen
     voxels = segmentation["voxels"]
     layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
     reference = reference_from_ijk_to_lps(segmentation["ijkToLPS"], layers.shape[1:])
+    check_grid_agreement(image, reference, (layers != 0).any(axis=0).T, "the image", path.name)
     selected = _selected_segments(segmentation, labels, path.name)
     editable = roi_mask(reference, roi, roi_space)
     uncertainty = np.zeros(reference.GetSize()[::-1], dtype=np.float32)

@@ -25,6 +25,9 @@ SOFT_WIDTH_MM = 1.0
 FILTER_MARGIN_MM = 3.0
 
 
+MAX_BAND_MM = 100.0  # beyond it the "band" is the whole image: a typo, not a choice
+
+
 @dataclass
 class EdgeOptions:
     method: str = DEFAULT_METHOD
@@ -37,8 +40,9 @@ class EdgeOptions:
             raise E2MISegError(f"unknown edge refinement method '{self.method}'; use one of {', '.join(METHODS)}")
         if not 0.0 <= self.strength <= 1.0:
             raise E2MISegError(f"edge strength {self.strength} is outside 0..1; use 0 (off) to 1 (strongest)")
-        if self.band_mm <= 0:
-            raise E2MISegError(f"edge band {self.band_mm} mm must be positive; a few mm is typical")
+        if not 0.0 < self.band_mm <= MAX_BAND_MM:  # also refuses NaN, which reached a float-to-int conversion
+            raise E2MISegError(f"edge band (--band-mm) {self.band_mm} mm is outside 0..{MAX_BAND_MM:g} mm (0 excluded); "
+                               f"a few mm is typical")
 
 
 def refine_label_array(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
