@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["architecture", "dice-ce"], default="architecture",
                    help="the network's own loss, or MONAI DiceCE (the DynUNet baseline's) with the network's deep supervision")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: float16 autocast on CUDA, bfloat16 on CPUs with native bf16 for networks that prefer it)")
     p.add_argument("--cache-dir", default="runs/cache")
     p.add_argument("--save-rank-weights", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fit)
