@@ -34,24 +34,36 @@ class DiceCELabels(nn.Module):
 
 
 class DynUNetBaseline(nn.Module):
-    """DynUNet with a fixed 3-stride topology; train mode returns the deep-supervision list."""
+    """DynUNet (3D, or 2D for slice-wise plans) with stride 2 between levels; train mode returns the
+    deep-supervision list.
 
-    kind = "3d"
+    2D plans feed it what the engine feeds a slice-wise network: one slice (2D) or a stack of
+    ``slices`` neighbours per channel (2.5D), so ``in_channels`` counts channels x slices.
+    """
+
     arch_name = "monai-dynunet"
-    size_divisor = 8
     required_input_size = None
 
     def __init__(self, in_channels: int = 1, num_classes: int = 3, filters=(16, 32, 64, 128),
-                 deep_supr_num: int = 2, res_block: bool = False, norm_name: str = "instance", **_: Any) -> None:
+                 deep_supr_num: int = 2, res_block: bool = False, norm_name: str = "instance",
+                 spatial_dims: int = 3, **_: Any) -> None:
         super().__init__()
         from monai.networks.nets import DynUNet
 
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         levels = len(filters)
         deep_supr_num = min(deep_supr_num, levels - 2)  # MONAI allows fewer heads than upsampling layers only
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "filters": list(filters),
-                       "deep_supr_num": deep_supr_num, "res_block": res_block, "norm_name": norm_name}
+                       "deep_supr_num": deep_supr_num, "res_block": res_block, "norm_name": norm_name,
+                       "spatial_dims": spatial_dims}
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.net = DynUNet(3, in_channels, num_classes, kernel_size=[3] * levels,
+        self.kind = "3d" if spatial_dims == 3 else "2d"
+        self.size_divisor = 2 ** (levels - 1)
+        # 2D: bfloat16 on CPUs that have it, like the slice-wise engine networks it is compared with, so a
+        # same-budget comparison gives both the same arithmetic (3D keeps the float32 of the earlier pairs)
+        self.prefers_bf16 = spatial_dims == 2
+        self.net = DynUNet(spatial_dims, in_channels, num_classes, kernel_size=[3] * levels,
                            strides=[1] + [2] * (levels - 1), upsample_kernel_size=[2] * (levels - 1),
                            filters=list(filters), norm_name=norm_name, deep_supervision=deep_supr_num > 0,
                            deep_supr_num=max(1, deep_supr_num), res_block=res_block)
@@ -88,8 +100,12 @@ def baseline_plan(plan: dict[str, Any], arch: str = "monai-dynunet", **overrides
     plan = copy.deepcopy(plan)
     card = plan["card"]
     engine_config = card["architecture"]["config"]
-    config = {**DYNUNET_DEFAULTS, "in_channels": engine_config["in_channels"],
-              "num_classes": engine_config["num_classes"], **overrides}
+    settings = card["inference"]
+    slice_wise = settings["kind"] in ("2d", "2.5d")
+    stack = int(settings.get("slices", 1)) if settings["kind"] == "2.5d" else 1
+    channels = len(card["channels"])
+    config = {**DYNUNET_DEFAULTS, "in_channels": channels * stack, "num_classes": engine_config["num_classes"],
+              "spatial_dims": 2 if slice_wise else 3, **overrides}
     card["architecture"] = {"name": arch, "config": config}
     card["name"] = f"{arch}-{card['name'].split('-', 1)[-1]}"
     card["description"] = f"MONAI DynUNet baseline trained with the plan of {plan['card']['name']}"
