@@ -214,3 +214,74 @@ def test_weight_adaptive_perfect_batch_is_finite_and_gradient_only_from_ce():
     loss.backward()
     ce_grad = torch.autograd.grad(F.cross_entropy(logits, labels), logits)[0]
     torch.testing.assert_close(logits.grad, ce_grad)  # equal weights -> plain CE gradient
+
+
+def learned_threshold(weighting: str, steps: int = 300) -> float:
+    """Fit one free logit per ambiguity level q (the share of that level's voxels labelled foreground,
+    beside many clear background voxels, as around a left atrium) and return the smallest q that
+    ends up called foreground: the decision threshold the loss teaches."""
+    torch.manual_seed(0)
+    levels = torch.linspace(0.025, 0.975, 20)
+    labels, level_of = [torch.zeros(40000, dtype=torch.long)], [torch.zeros(40000, dtype=torch.long)]
+    for index, q in enumerate(levels, start=1):
+        count = 200
+        labels.append((torch.arange(count) < int(round(float(q) * count))).long())
+        level_of.append(torch.full((count,), index))
+    labels, level_of = torch.cat(labels)[None], torch.cat(level_of)
+    foreground_logit = torch.zeros(len(levels) + 1, requires_grad=True)
+    optimizer = torch.optim.Adam([foreground_logit], lr=0.05)
+    loss_fn = WeightAdaptiveLoss(weighting=weighting)
+    for _ in range(steps):
+        fg = foreground_logit[level_of][None]
+        logits = torch.stack((torch.zeros_like(fg), fg), dim=1)  # (1, 2, N)
+        optimizer.zero_grad()
+        loss_fn(logits, labels).backward()
+        optimizer.step()
+    called = (foreground_logit[1:] > 0).nonzero()
+    return float(levels[called.min()]) if len(called) else 1.0
+
+
+def test_background_weighted_by_its_own_dice_teaches_over_segmentation():
+    """Issue 25's left-atrium model marked 1.5x the atrium's volume: with w_c = 1 - DSC_c for every
+    class, background (always segmented best) gets the smallest weight, and voxels that are foreground
+    only 10-30 % of the time are called foreground. Rebalancing the foreground classes only (or plain CE)
+    puts the threshold back at one half."""
+    assert learned_threshold("adaptive") < 0.2
+    assert 0.4 <= learned_threshold("adaptive-foreground") <= 0.6
+    assert 0.4 <= learned_threshold("none") <= 0.6
+
+
+def test_adaptive_foreground_weights_rebalance_only_the_foreground_classes():
+    loss = WeightAdaptiveLoss(weighting="adaptive-foreground")
+    weights = loss.class_weights(torch.tensor([0.02, 0.1, 0.5, 0.3]))
+    torch.testing.assert_close(weights, torch.tensor([0.3, 0.1, 0.5, 0.3]))
+    assert torch.equal(WeightAdaptiveLoss(weighting="none").class_weights(torch.tensor([0.02, 0.4])), torch.ones(2))
+    with pytest.raises(ValueError, match="weighting"):
+        WeightAdaptiveLoss(weighting="inverse")
+
+
+def test_soft_dice_term_adds_a_gradient_the_hard_dice_term_lacks():
+    logits = torch.zeros(2, 2, 8, 8, requires_grad=True)
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:5, 2:5] = 1
+    plain = WeightAdaptiveLoss(weighting="none")(logits, labels)
+    with_dice = WeightAdaptiveLoss(weighting="none", dice_weight=1.0)(logits, labels)
+    assert with_dice > plain
+    (grad_plain,) = torch.autograd.grad(plain, logits)
+    (grad_dice,) = torch.autograd.grad(with_dice, logits)
+    assert not torch.allclose(grad_plain, grad_dice)
+
+
+def test_fit_passes_loss_config_to_the_networks_own_loss_and_refuses_what_does_not_fit():
+    from e2miseg.errors import E2MISegError
+    from e2miseg.models import build_model
+    from e2miseg_train.trainer import make_loss
+
+    s2anet = build_model("s2anet", in_channels=1, slices=3, num_classes=2, width_scale=8)
+    loss = make_loss(s2anet, "architecture", {"weighting": "adaptive-foreground", "dice_weight": 1.0})
+    assert loss.weighting == "adaptive-foreground" and loss.dice_weight == 1.0
+    assert make_loss(s2anet, "architecture").weighting == "adaptive"  # the spec's default stays the default
+    with pytest.raises(E2MISegError, match="--loss-config"):
+        make_loss(s2anet, "architecture", {"weighting": "inverse"})
+    with pytest.raises(E2MISegError, match="--loss-config"):
+        make_loss(s2anet, "architecture", {"gamma": 2})

@@ -58,6 +58,19 @@ def _apply_overrides(plan: dict, args) -> dict:
     return plan
 
 
+def _json_object(text: str | None, option: str) -> dict:
+    """A JSON object given on the command line, or a one-line error naming the option."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise E2MISegError(f"{option} is not valid JSON ({error.msg}); give an object such as '{{\"weighting\": \"none\"}}'") from None
+    if not isinstance(value, dict):
+        raise E2MISegError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def cmd_fit(args) -> int:
     from .trainer import FitOptions, fit
 
@@ -67,7 +80,8 @@ def cmd_fit(args) -> int:
                          schedule_clock=args.schedule_clock, warmup_iters=args.warmup, ema_decay=args.ema, max_minutes=args.max_minutes,
                          val_every=args.val_every, val_step=args.val_step, max_val_cases=args.max_val_cases,
                          save_every_minutes=args.save_every, device=args.device, threads=args.threads, seed=args.seed,
-                         fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, loss=args.loss, augment=not args.no_augment,
+                         fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, loss=args.loss, loss_config=_json_object(args.loss_config, '--loss-config'),
+                         augment=not args.no_augment,
                          amp=not args.no_amp, cache_dir=args.cache_dir, save_rank_weights=args.save_rank_weights)
     fit(plan, options)
     return 0
@@ -165,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=12.0)
     p.add_argument("--loss", choices=["architecture", "dice-ce"], default="architecture",
                    help="the network's own loss, or MONAI DiceCE (the DynUNet baseline's) with the network's deep supervision")
+    p.add_argument("--loss-config", help="JSON keyword arguments of the network's own loss, e.g. S2aNet's "
+                   "'{\"weighting\": \"adaptive-foreground\", \"dice_weight\": 1}' (losses.WeightAdaptiveLoss)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: float16 autocast on CUDA, bfloat16 on CPUs with native bf16 for networks that prefer it)")
     p.add_argument("--cache-dir", default="runs/cache")

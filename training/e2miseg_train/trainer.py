@@ -57,6 +57,7 @@ class FitOptions:
     fg_fraction: float = 0.33
     grad_clip: float = 12.0
     loss: str = "architecture"  # architecture (the network's own loss) | dice-ce (see ``make_loss``)
+    loss_config: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the network's own loss
     augment: bool = True
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights
     amp: bool = True  # CUDA: float16 with loss scaling; CPU: bfloat16 where ``training_precision`` says so
@@ -143,12 +144,17 @@ def ema_update(decay: float):
     return update
 
 
-def make_loss(model: torch.nn.Module, name: str) -> torch.nn.Module:
+def make_loss(model: torch.nn.Module, name: str, config: dict[str, Any] | None = None) -> torch.nn.Module:
     """The training loss: the architecture's own (``default_loss``), or ``dice-ce``: MONAI's DiceCE
     (the DynUNet baseline's loss) on each of the network's outputs, with the network's own
     deep-supervision weighting, so a comparison with the baseline can hold the loss fixed."""
     if name == "architecture":
-        return model.default_loss()
+        try:
+            return model.default_loss(**(config or {}))
+        except (TypeError, ValueError) as error:  # an unknown keyword or a value out of range
+            raise E2MISegError(f"--loss-config does not fit {type(model).__name__}'s loss: {error}") from None
+    if config:
+        raise E2MISegError("--loss-config sets the network's own loss; it does not apply to --loss dice-ce")
     if name == "dice-ce":
         from e2miseg.losses import DeepSupervisionLoss
 
@@ -259,6 +265,7 @@ def training_card(plan: dict[str, Any], state: dict[str, Any], options: FitOptio
                      "weight_decay": options.weight_decay, "schedule": options.schedule,
                      "schedule_clock": options.schedule_clock, "fg_fraction": options.fg_fraction,
                      "grad_clip": options.grad_clip, "loss": options.loss, "seed": options.seed,
+                     **({"loss_config": options.loss_config} if options.loss_config else {}),
                      "ema_decay": options.ema_decay,
                      "augmentation": options.augment,
                      "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
@@ -322,7 +329,7 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
 
     set_seeds(options.seed)  # identical initial weights on every rank
     model = build_network(card["architecture"]["name"], card["architecture"]["config"]).to(device)
-    loss_fn = make_loss(model, options.loss)
+    loss_fn = make_loss(model, options.loss, options.loss_config)
     optimizer = make_optimizer(model, options)
     amp_dtype = training_precision(model, device, options.amp)
     use_amp = amp_dtype is not None
