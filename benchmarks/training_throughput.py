@@ -1,9 +1,11 @@
 """Samples per second of ``e2miseg-train fit`` against a plain PyTorch loop over the same network,
-sampler and loss, in alternating fresh processes with the same thread count.
+sampler and loss, and against ``fit`` in float32 with contiguous memory (how it trained before
+bfloat16 autocast and channels-last), in alternating fresh processes with the same thread count.
 
 - fit: the real command (``e2miseg_train.cli.main(["fit", ...])`` in a child process), on a copy of
   the plan whose split keeps ``--cases`` training cases and one validation case, so loading is short;
   validation only runs after the last iteration (outside the measured window).
+- fit-fp32: the same command with ``--no-amp --no-channels-last`` (the step before issue 24).
 - plain: ``build_network`` + ``model.default_loss()`` + AdamW (same lr and weight decay) and the same
   ``PatchSampler`` (same cases, seeds, foreground fraction, augmentation, so the same patches); per iteration: batch,
   zero_grad, forward, loss, backward, step. No schedule, clipping, logging or checkpoints.
@@ -38,10 +40,11 @@ JOBS = {
                 "batch_size": 2, "lr": 2e-3, "patch": None},
     "s2anet": {"plan": "runs/plans/s2anet-leftatrium.json", "dataset": "LeftAtrium2018",
                "config": {"width_scale": 4, "dropout": 0.1}, "batch_size": 8, "lr": 1e-3, "patch": None},
-    "ehanet": {"plan": "runs/plans/ehanet-acdc.json", "dataset": "ACDC", "config": {}, "batch_size": 4, "lr": 1e-3,
-               "patch": [128, 128]},
+    "ehanet": {"plan": "runs/plans/ehanet-acdc.json", "dataset": "ACDC", "config": {}, "batch_size": 8, "lr": 1e-3,
+               "patch": [160, 160]},
 }
 WEIGHT_DECAY = 1e-4
+KINDS = ("fit", "fit-fp32", "plain")
 
 
 # --------------------------------------------------------------------------- children
@@ -57,7 +60,7 @@ def _stamp_steps(path: str) -> None:
     atexit.register(lambda: Path(path).write_text(json.dumps(stamps)))
 
 
-def child_fit(plan: str, job: dict, args, stamps: str, out: str) -> None:
+def child_fit(plan: str, job: dict, args, stamps: str, out: str, float32: bool = False) -> None:
     _stamp_steps(stamps)
     from e2miseg_train.cli import main as train_main
 
@@ -68,6 +71,8 @@ def child_fit(plan: str, job: dict, args, stamps: str, out: str) -> None:
             "--cache-dir", args.cache_dir]
     if job["patch"]:
         argv += ["--patch", *map(str, job["patch"])]
+    if float32:
+        argv += ["--no-amp", "--no-channels-last"]
     code = train_main(argv)
     if code:
         raise SystemExit(code)
@@ -175,7 +180,7 @@ def run_child(kind: str, key: str, plan: Path, args, folder: Path, index: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--child", choices=["fit", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--plan-file", help=argparse.SUPPRESS)
     parser.add_argument("--stamps", help=argparse.SUPPRESS)
@@ -192,8 +197,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         job = JOBS[args.job]
-        if args.child == "fit":
-            child_fit(args.plan_file, job, args, args.stamps, args.out)
+        if args.child in ("fit", "fit-fp32"):
+            child_fit(args.plan_file, job, args, args.stamps, args.out, float32=args.child == "fit-fp32")
         else:
             child_plain(args.plan_file, job, args, args.stamps)
         return
@@ -206,27 +211,34 @@ def main() -> None:
         for key in args.only.split(","):
             job = JOBS[key]
             plan = subset_plan(plan_for(key, tmp), args.cases, tmp)
-            runs = {"fit": [], "plain": []}
+            runs = {kind: [] for kind in KINDS}
             for pair in range(args.pairs):
-                order = ("fit", "plain") if pair % 2 == 0 else ("plain", "fit")
+                order = KINDS if pair % 2 == 0 else KINDS[::-1]
                 for kind in order:
                     runs[kind].append(run_child(kind, key, plan, args, tmp, pair))
             fit_sps = statistics.median(r["samples_per_second"] for r in runs["fit"])
+            fp32_sps = statistics.median(r["samples_per_second"] for r in runs["fit-fp32"])
             plain_sps = statistics.median(r["samples_per_second"] for r in runs["plain"])
             rows.append({"architecture": key, "plan": job["plan"], "config": job["config"], "batch_size": job["batch_size"],
                          "patch": job["patch"], "iterations": args.iterations, "warmup": args.warmup, "pairs": args.pairs,
-                         "threads": args.threads, "fit_samples_per_s": fit_sps, "plain_samples_per_s": plain_sps,
-                         "fit_over_plain": fit_sps / plain_sps, "fit_runs": runs["fit"], "plain_runs": runs["plain"]})
+                         "threads": args.threads, "fit_samples_per_s": fit_sps, "fit_fp32_samples_per_s": fp32_sps,
+                         "plain_samples_per_s": plain_sps, "fit_over_fp32": fit_sps / fp32_sps,
+                         "fit_over_plain": fit_sps / plain_sps, "fit_runs": runs["fit"], "fit_fp32_runs": runs["fit-fp32"],
+                         "plain_runs": runs["plain"]})
             print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_runs")}), flush=True)
     info = finish_machine(info)
-    lines = ["| architecture | batch | e2miseg-train fit samples/s | plain loop samples/s | fit / plain |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| architecture | batch | fit samples/s | fit float32, contiguous (before) samples/s | fit / before | "
+             "plain float32 loop samples/s | fit / plain |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['architecture']} ({Path(r['plan']).stem}) | {r['batch_size']} | {r['fit_samples_per_s']:.2f} | "
+                     f"{r['fit_fp32_samples_per_s']:.2f} | {r['fit_over_fp32']:.2f} | "
                      f"{r['plain_samples_per_s']:.2f} | {r['fit_over_plain']:.2f} |")
     notes = [f"{args.iterations} iterations per process, the first {args.warmup} not measured; median over {args.pairs} "
              "alternating pairs of fresh processes; same threads, network, sampler (MONAI augmentation) and loss.",
-             "fit additionally does the lr schedule, gradient clipping, loss logging and its progress bar per iteration."]
+             "fit additionally does the lr schedule, gradient clipping, loss logging and its progress bar per iteration; "
+             "by default it trains networks that prefer bfloat16 (all three engine networks) in bf16 autocast on CPUs "
+             "with native bf16, and 2D networks in channels-last memory; 'before' is fit with --no-amp --no-channels-last."]
     write_results(args.name, {"machine": info, "rows": rows}, lines, notes)
     print("\n".join(lines))
 

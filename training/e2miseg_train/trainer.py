@@ -61,6 +61,7 @@ class FitOptions:
     augment: bool = True
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights
     amp: bool = True  # CUDA: float16 with loss scaling; CPU: bfloat16 where ``training_precision`` says so
+    channels_last: bool = True  # 2D networks on the CPU (``prefers_channels_last``); False keeps contiguous memory
     cache_dir: str = "runs/cache"
     save_rank_weights: bool = False  # debugging/tests: every DDP rank writes its final weights
     extra: dict[str, Any] = field(default_factory=dict)
@@ -334,7 +335,7 @@ def _fit(plan: dict[str, Any], options: FitOptions, stop_requested: "_StopReques
     amp_dtype = training_precision(model, device, options.amp)
     use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
-    channels_last = prefers_channels_last(model, device)
+    channels_last = options.channels_last and prefers_channels_last(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if dist.main:
