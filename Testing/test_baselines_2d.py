@@ -55,3 +55,14 @@ def test_training_precision_and_memory_format_follow_the_network_and_device(monk
     monkeypatch.setattr(runtime, "_NATIVE_BF16", False)  # emulated bf16 is slower than float32: stay in float32
     assert training_precision(two_d, cpu, amp=True) is None
     assert prefers_channels_last(two_d, cpu) and not prefers_channels_last(three_d, cpu)
+
+
+def test_3d_engine_networks_keep_float32_training_on_the_cpu(monkeypatch):
+    import e2miseg.runtime as runtime
+    from e2miseg.models import build_model
+    from helpers import small_e2miseg_config
+
+    monkeypatch.setattr(runtime, "_NATIVE_BF16", True)
+    e2miseg_net = build_model("e2miseg", **small_e2miseg_config())
+    assert e2miseg_net.prefers_bf16  # at inference
+    assert training_precision(e2miseg_net, torch.device("cpu"), amp=True) is None

@@ -99,16 +99,18 @@ def lr_factor(progress: float, schedule: str, iteration: int, warmup: int) -> fl
 def training_precision(model: torch.nn.Module, device: torch.device, amp: bool) -> torch.dtype | None:
     """The autocast dtype of a training step, or None for float32.
 
-    CUDA: float16 (with a GradScaler). CPU: bfloat16 only for networks that ask for it at inference
-    (``prefers_bf16``, the same flag the engine's runtime reads) and only on CPUs with native bf16
-    arithmetic (AVX512-BF16/AMX): elsewhere bf16 is emulated and slower than float32. Measured for
+    CUDA: float16 (with a GradScaler). CPU: bfloat16 only for slice-wise networks that ask for it at
+    inference (``prefers_bf16``, the same flag the engine's runtime reads) and only on CPUs with native
+    bf16 arithmetic (AVX512-BF16/AMX): elsewhere bf16 is emulated and slower than float32. Measured for
     EHANet, batch 8 at 160x160, 2 threads: 1.63 s -> 0.91 s per step (benchmarks/training_throughput.py).
+    3D networks keep float32 on the CPU: every E2MISeg/DynUNet comparison so far was trained in it.
     """
     if not amp:
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and getattr(model, "prefers_bf16", False):
+    slice_wise = getattr(model, "kind", "3d") in ("2d", "2.5d")
+    if device.type == "cpu" and slice_wise and getattr(model, "prefers_bf16", False):
         from e2miseg.runtime import native_bf16
 
         return torch.bfloat16 if native_bf16() else None
