@@ -369,6 +369,51 @@ def _refine_flag(args: list[str], code: int, fragment: str, notes: str = "") -> 
     return _refine_case(lambda d, i, s: args, code, fragment, notes=notes)
 
 
+# ---- issue 21: poor messages that now name the fix ------------------------------------------------
+
+def _case_seg_nrrd_as_image(d: Path) -> BadInput:
+    sitk.WriteImage(volume(np.zeros((12, 14, 16), np.uint8)), str(d / "x.seg.nrrd"))
+    return BadInput([d / "x.seg.nrrd"], 3, "x.seg.nrrd is a Slicer segmentation, not an image",
+                    api=_api_checked([d / "x.seg.nrrd"]), notes="was: 'is all zero'")
+
+
+def _api_checked(inputs):
+    def call(checkpoint: Path):
+        from e2miseg.checkpoint import read_card
+        from e2miseg.validate import read_checked_channels
+        return read_checked_channels(inputs, read_card(checkpoint))
+    return call
+
+
+def _case_all_nan_nifti(d: Path) -> BadInput:
+    sitk.WriteImage(volume(np.full((12, 14, 16), np.nan, np.float32)), str(d / "nan.nii.gz"))
+    return BadInput([d / "nan.nii.gz"], 3, "nan.nii.gz has 2688 NaN voxels (read as zeros by ITK)",
+                    api=_api_checked([d / "nan.nii.gz"]), notes="was: 'is all zero'")
+
+
+def _case_bool_nifti(d: Path) -> BadInput:
+    import struct
+    sitk.WriteImage(volume((good_array() > 100).astype(np.uint8)), str(d / "b.nii"))
+    raw = bytearray((d / "b.nii").read_bytes())
+    raw[70:74] = struct.pack("<hh", 1, 1)  # datatype DT_BINARY, bitpix 1
+    (d / "b.nii").write_bytes(bytes(raw))
+    return BadInput([d / "b.nii"], 3, "b.nii stores 1-bit (binary) voxels", notes="was: raw ITK text")
+
+
+def _case_dicom_missing_slice(d: Path) -> BadInput:
+    folder = write_dicom_series(d / "series", "MR", slices=8)
+    (folder / "004.dcm").unlink()
+    return BadInput([folder], 3, "series has a gap of 4.00 mm between 003.dcm and 005.dcm", api=lambda ck: _api_read(folder),
+                    notes="was: raw ITK warning, exit 0, slices up to 2 mm misplaced")
+
+
+def _case_dicom_duplicate_slice(d: Path) -> BadInput:
+    import shutil
+    folder = write_dicom_series(d / "series", "MR", slices=8)
+    shutil.copy(folder / "003.dcm", folder / "003b.dcm")
+    return BadInput([folder], 3, "series holds two slices at the same position (003.dcm, 003b.dcm)", api=lambda ck: _api_read(folder))
+
+
 CASES: dict[str, Callable[[Path], BadInput]] = {
     "missing file": _case_missing,
     "folder with no images": _case_empty_folder,
@@ -453,4 +498,9 @@ CASES: dict[str, Callable[[Path], BadInput]] = {
     "refine: segmentation on another scan (shifted 50 mm)": _refine_case(
         lambda d, i, s: [], 3, "seg.nii.gz does not lie on good.nrrd", seg_origin=(46.5, 12.0, 40.25),
         notes="was: refined against zero-filled intensities, exit 0"),
+    ".seg.nrrd given as the image": _case_seg_nrrd_as_image,
+    "all-NaN .nii.gz": _case_all_nan_nifti,
+    "1-bit (bool) NIfTI": _case_bool_nifti,
+    "DICOM series with a missing slice": _case_dicom_missing_slice,
+    "DICOM series with a duplicate slice": _case_dicom_duplicate_slice,
 }

@@ -289,3 +289,68 @@ def test_cohort_output_that_is_a_file(tmp_path, checkpoint, capsys):
     line = capsys.readouterr().err.strip()
     assert line.count("\n") == 0 and "is a file but a folder of cases needs an output folder" in line
     assert existing.read_bytes() == SENTINEL
+
+
+@pytest.mark.parametrize("call,fragment", [
+    (lambda m, c: __import__("e2miseg").load_model(np.zeros(3)), "takes a model name"),
+    (lambda m, c: __import__("e2miseg").load_model((m, c)), "got the (model, card) tuple load_model returns; unpack it"),
+    (lambda m, c: __import__("e2miseg").predict(volume(good_array()), (m, c)), "predict() got the (model, card) tuple"),
+], ids=["load_model(ndarray)", "load_model(tuple)", "predict(image, tuple)"])
+def test_api_misuse_is_a_type_error_that_says_what_to_pass(checkpoint, call, fragment):
+    """Was: 'expected str, bytes or os.PathLike object, not tuple' from deep inside pathlib."""
+    import e2miseg
+
+    model, card = e2miseg.load_model(checkpoint, device="cpu")
+    with pytest.raises(TypeError) as caught:
+        call(model, card)
+    assert fragment in str(caught.value)
+
+
+def test_complex_voxels_through_the_api_are_refused(checkpoint):
+    """Was: the imaginary part silently dropped."""
+    import e2miseg
+    from e2miseg.errors import InputImageError
+
+    rng = np.random.default_rng(0)
+    array = (rng.normal(100, 20, (12, 14, 16)) + 1j * rng.normal(0, 20, (12, 14, 16))).astype(np.complex64)
+    model, _ = e2miseg.load_model(checkpoint, device="cpu")
+    with pytest.raises(InputImageError, match="has complex voxels; pass the magnitude"):
+        e2miseg.predict(sitk.GetImageFromArray(array), model)
+
+
+def test_stuck_read_ends_on_sigterm_within_a_second(tmp_path):
+    """A read blocked in C (here: a FIFO opened past the stat check, as a stuck network mount would block)
+    ends on SIGTERM within a second: exit 130, nothing written."""
+    import time
+
+    os.mkfifo(tmp_path / "pipe.nii.gz")
+    code = ("from e2miseg import cli\nc = cli._cancel_on_signal()\nwith c.reading():\n    print('reading', flush=True)\n"
+            f"    open({str(tmp_path / 'pipe.nii.gz')!r}, 'rb').read()\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        assert process.stdout.readline().strip() == "reading"
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        process.wait(timeout=10)
+        waited = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and "cancelled by the user while reading the input" in process.stderr.read()
+    assert waited < 1.0, waited
+
+
+def test_empty_home_uses_the_accounts_home(monkeypatch):
+    """Was: HOME="" put the model store and caches at /.e2miseg."""
+    import pwd
+
+    from e2miseg.environment import home
+    from e2miseg.runtime import cache_dir
+    from e2miseg.store import user_models_dir
+
+    monkeypatch.setenv("HOME", "")
+    monkeypatch.delenv("E2MISEG_MODELS", raising=False)
+    monkeypatch.delenv("E2MISEG_CACHE", raising=False)
+    assert home() == Path(pwd.getpwuid(os.getuid()).pw_dir)
+    assert user_models_dir() == home() / ".e2miseg" / "models" and cache_dir() == home() / ".e2miseg" / "cache"

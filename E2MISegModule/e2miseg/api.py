@@ -46,11 +46,23 @@ def build_from_card(card: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def _check_model_reference(value: Any, caller: str) -> None:
+    """A model is named by a store name or a checkpoint path; say what to pass for anything else."""
+    if isinstance(value, (str, os.PathLike)):
+        return
+    if isinstance(value, tuple) and value and isinstance(value[0], torch.nn.Module):
+        raise TypeError(f"{caller}() got the (model, card) tuple load_model returns; unpack it: "
+                        f"model, card = e2miseg.load_model(...), then pass model")
+    raise TypeError(f"{caller}() takes a model name (see `e2miseg models list`) or a .safetensors path as str or "
+                    f"os.PathLike, not {type(value).__name__}")
+
+
 def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a checkpoint by store name or path; return the network (eval mode, on ``device``) and its card.
 
     The card is also attached as ``model.card`` so ``predict(images, model)`` needs nothing else.
     """
+    _check_model_reference(name_or_path, "load_model")
     stored = resolve(name_or_path)
     tensors, card = read_checkpoint(stored.path)
     model = build_from_card(card)
@@ -93,6 +105,7 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     reporter = Reporter(progress, cancel)
     reporter.report("load", 0, 1)
     if not isinstance(model, torch.nn.Module):
+        _check_model_reference(model, "predict")
         model, card = load_model(model, explicit.device or "auto")
     card = card or getattr(model, "card", None)
     if card is None:

@@ -48,6 +48,24 @@ def _first_line(exc: Exception) -> str:
     return re.sub(r"^(sitk|itk)::ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", line)
 
 
+def _nifti_datatype(path: Path) -> int | None:
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as handle:
+            head = handle.read(348)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for endian in "<>":
+        if len(head) == 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            return struct.unpack(endian + "h", head[70:72])[0]
+    return None
+
+
+def _refuse_binary_nifti(path: Path) -> None:
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")) and _nifti_datatype(path) == 1:
+        raise InputImageError(f"{path.name} stores 1-bit (binary) voxels, which ITK cannot read; save it as uint8 "
+                              f"(e.g. nibabel: img.set_data_dtype('uint8'))")
+
+
 def _unreadable(path: Path, exc: RuntimeError) -> InputImageError:
     detail = _first_line(exc)
     if "Unable to determine ImageIO reader" in detail:
@@ -119,6 +137,7 @@ def read_header(item: str | os.PathLike | sitk.Image) -> ImageHeader:
         return header_of(item)
     path = Path(item)
     check_readable(path)
+    _refuse_binary_nifti(path)  # before ITK: its NIfTI library prints its own error text for them
     reader = sitk.ImageFileReader()
     try:
         if path.is_dir():
@@ -231,6 +250,28 @@ def _check_meta_complete(path: Path) -> None:
         raise _truncated(path, max(have, 0), expected)
 
 
+def _refuse_nifti_nan(path: Path) -> None:
+    """Count NaN voxels in a float NIfTI-1 file's own bytes (ITK hands them over as zeros)."""
+    opener = gzip.open if suffix_of(path) == ".nii.gz" else open
+    with opener(path, "rb") as handle:
+        head = handle.read(348)
+        for endian in "<>":
+            if len(head) == 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+                break
+        else:
+            return
+        (datatype,) = struct.unpack(endian + "h", head[70:72])
+        dtype = {16: np.dtype(endian + "f4"), 64: np.dtype(endian + "f8")}.get(datatype)
+        if dtype is None:
+            return
+        handle.read(max(0, int(struct.unpack(endian + "f", head[108:112])[0]) - 348))
+        nans = 0
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            nans += int(np.isnan(np.frombuffer(block[: len(block) // dtype.itemsize * dtype.itemsize], dtype)).sum())
+    if nans:
+        raise InputImageError(f"{path.name} has {nans} NaN voxels (read as zeros by ITK); fix or mask them before segmenting")
+
+
 def check_complete(path: str | os.PathLike) -> None:
     """Refuse a file whose voxel data is shorter than its header promises (NIfTI and MetaImage)."""
     path = Path(path)
@@ -333,9 +374,42 @@ def _dicom_series_files(folder: Path) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
+def _check_slice_positions(folder: Path, files: list[str]) -> None:
+    """Duplicate or missing slices: ITK only warns (and the volume is then up to a slice misplaced)."""
+    if len(files) < 3:
+        return
+    reader = sitk.ImageFileReader()
+    positions = []
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032") or not reader.HasMetaDataKey("0020|0037"):
+            return  # no patient positions to compare: leave it to ITK
+        try:
+            origin = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+            cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+        except ValueError:
+            return
+        positions.append(float(np.dot(origin, np.cross(cosines[:3], cosines[3:]))))
+    order = np.argsort(positions)
+    gaps = np.diff(np.array(positions)[order])
+    names = [Path(files[i]).name for i in order]
+    if np.any(gaps < 1e-3):
+        at = int(np.argmin(gaps))
+        raise InputImageError(f"{folder.name} holds two slices at the same position ({names[at]}, {names[at + 1]}); "
+                              f"remove the duplicate or export the series again")
+    typical = float(np.median(gaps))
+    if np.any(gaps > 1.5 * typical):
+        at = int(np.argmax(gaps))
+        raise InputImageError(f"{folder.name} has a gap of {gaps[at]:.2f} mm between {names[at]} and {names[at + 1]} where slices are "
+                              f"{typical:.2f} mm apart (a missing slice?); export the complete series")
+
+
 def _read_dicom_folder(folder: Path) -> sitk.Image:
+    files = _dicom_series_files(folder)
+    _check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(_dicom_series_files(folder))
+    reader.SetFileNames(files)
     return reader.Execute()
 
 
@@ -343,11 +417,16 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read one file (NIfTI, NRRD, MHA, ...) or a DICOM series folder."""
     path = Path(path)
     check_readable(path)
+    _refuse_binary_nifti(path)
     try:
         if path.is_dir():
             return _read_dicom_folder(path)
         check_complete(path)
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
+        if suffix_of(path) in (".nii", ".nii.gz") and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) \
+                and not sitk.GetArrayViewFromImage(image).any():
+            _refuse_nifti_nan(path)  # ITK reads an all-NaN NIfTI as zeros: "all zero" would be the wrong story
+        return image
     except InputImageError:
         raise
     except RuntimeError as exc:
@@ -385,7 +464,10 @@ def read_channels(images: Sequence[str | os.PathLike | sitk.Image] | str | os.Pa
     channels: list[tuple[str, sitk.Image]] = []
     for index, item in enumerate(images):
         name = names[index] if names else Path(item).name if not isinstance(item, sitk.Image) else "input image"
-        image = read_image(item) if not isinstance(item, sitk.Image) else item
+        try:
+            image = read_image(item) if not isinstance(item, sitk.Image) else item
+        except InputImageError as exc:  # a staged copy's name must not reach the user
+            raise InputImageError(str(exc).replace(Path(item).name, name)) from None
         channels.extend((name, ch) for ch in split_channels(image))
     volumes = [as_volume(image, name) for name, image in channels]
     reference = volumes[0]

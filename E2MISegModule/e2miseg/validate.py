@@ -151,6 +151,13 @@ def read_checked_channels(images: Sequence[str | os.PathLike | sitk.Image] | str
     if isinstance(images, (str, os.PathLike, sitk.Image)):
         images = [images]
     names = ["input image" if isinstance(item, sitk.Image) else Path(item).name for item in images]
+    for item, name in zip(images, names):
+        if isinstance(item, sitk.Image) and "complex" in item.GetPixelIDTypeAsString():
+            raise InputImageError(f"{name} has complex voxels; pass the magnitude (sitk.ComplexToModulus) or the real part "
+                                  f"(sitk.ComplexToReal), whichever the model was trained on")
+        if not isinstance(item, sitk.Image) and Path(item).name.lower().endswith(".seg.nrrd"):
+            raise InputImageError(f"{name} is a Slicer segmentation, not an image; give the image it was drawn on "
+                                  f"(to refine its edges: e2miseg refine IMAGE {name} -o OUT.seg.nrrd)")
     with staged_for_reading(images) as readable:  # messages name the user's files, not the staged copies
         headers = [replace(read_header(item), name=name) for item, name in zip(readable, names)]
         check_headers(headers, card, memory_limit)
