@@ -154,6 +154,7 @@ def test_memory_limit_from_environment(tmp_path, checkpoint):
     assert not (tmp_path / "o.seg.nrrd").exists()
 
 
+@pytest.mark.machine("a non-root user")
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions; the file-as-folder case covers the check")
 def test_unwritable_output_folder(tmp_path, checkpoint):
     sitk.WriteImage(volume(good_array()), str(tmp_path / "good.nrrd"))
@@ -169,6 +170,7 @@ def test_unwritable_output_folder(tmp_path, checkpoint):
     assert (locked / "out.seg.nrrd").read_bytes() == SENTINEL and len(list(locked.iterdir())) == 1
 
 
+@pytest.mark.machine("a read-only folder (/proc/sys)")
 @pytest.mark.skipif(os.access("/proc/sys", os.W_OK), reason="/proc/sys is writable here; no read-only folder to try")
 def test_read_only_filesystem_output(tmp_path, checkpoint):
     sitk.WriteImage(volume(good_array()), str(tmp_path / "good.nrrd"))

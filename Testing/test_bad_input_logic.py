@@ -12,10 +12,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
+from conftest import require_module
 import SimpleITK as sitk
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
-vtk = pytest.importorskip("vtk")
+slicer = require_module("slicer", "the slicer-core wheel runs the Slicer module's logic on real MRML")
+vtk = require_module("vtk")
 
 from bad_inputs import good_array, volume, write_mha  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import oblique_image
+from conftest import missing, oblique_image
 from helpers import make_e2miseg_checkpoint
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -122,7 +122,7 @@ def test_sessions_charge_the_model_load_to_the_first_call_only(tmp_path, one_thr
 
 def test_ct_sized_volume_has_the_requested_grid_and_real_content(tmp_path):
     if not (bench_common.SHARED / "Task04_Hippocampus").is_dir():
-        pytest.skip("../shared/data/Task04_Hippocampus is absent")
+        missing("../shared/data/Task04_Hippocampus is absent")
     path = ivm.ct_sized_volume(tmp_path, size_xyz=(40, 30, 20), spacing_xyz=(0.8, 0.8, 2.0), network_mm=3.0)
     image = sitk.ReadImage(path)
     assert image.GetSize() == (40, 30, 20) and image.GetSpacing() == pytest.approx((0.8, 0.8, 2.0))

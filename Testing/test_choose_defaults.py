@@ -8,7 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("e2miseg_train")
+from conftest import require_module  # noqa: E402
+
+require_module("e2miseg_train")
 
 from conftest import shared_file  # noqa: E402
 from e2miseg.checkpoint import read_checkpoint  # noqa: E402

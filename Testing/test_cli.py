@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import ROOT
+from conftest import ROOT, require_module
 from e2miseg.cli import main
 from helpers import make_e2miseg_checkpoint
 
@@ -58,7 +58,7 @@ def test_predict_writes_seg_nrrd_on_the_input_geometry(tmp_path, checkpoint, hip
 
 
 def test_seg_nrrd_loads_in_slicer_storage_node(tmp_path, checkpoint, hippocampus_image):
-    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+    slicer = require_module("slicer", "the slicer-core wheel runs the Slicer module's logic on real MRML")
     out = tmp_path / "case.seg.nrrd"
     assert main(["predict", str(hippocampus_image), "-o", str(out), "--model", str(checkpoint), "--device", "cpu"]) == 0
     scene = slicer.vtkMRMLScene()

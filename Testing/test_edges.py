@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from conftest import oblique_image, shared_file
+from conftest import oblique_image, shared_file, require_module
 from e2miseg.edges import (EdgeOptions, band_mask, box_mask_ijk, box_mask_lps, entropy_map, refine_in_region,
                            refine_label_array, refine_segmentation, soft_probabilities, stroke_region, uncertain_regions)
 from e2miseg.edges.metrics import binary_metrics, label_metrics
@@ -189,8 +189,8 @@ def test_refine_segmentation_keeps_geometry_and_pixel_type():
 
 
 def test_metrics_agree_with_monai():
-    monai_metrics = pytest.importorskip("monai.metrics")
-    torch = pytest.importorskip("torch")
+    monai_metrics = require_module("monai.metrics")
+    torch = require_module("torch")
     _, reference, spacing = load("Hippocampus_mini", "hippocampus_001")
     truth = reference == 1
     prediction = np.roll(dilate_labels(reference, ndimage.generate_binary_structure(3, 1)) == 1, 1, axis=1)

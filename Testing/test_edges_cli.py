@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import oblique_image
+from conftest import oblique_image, require_module
 from e2miseg.cli import main
 from e2miseg.io import write_segmentation
 from helpers import make_card, make_e2miseg_checkpoint
@@ -74,7 +74,7 @@ def test_refine_labels_and_roi_leave_the_rest_bit_identical(tmp_path):
 
 
 def test_refine_seg_nrrd_keeps_segments_names_colours_terminology_and_geometry(tmp_path):
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require_module("slicerio")
     image_path, labels_path, labels = under_drawn_case(tmp_path)
     seg_path = tmp_path / "edited.seg.nrrd"
     write_segmentation(sitk.ReadImage(labels_path), make_card(), seg_path)
@@ -160,7 +160,7 @@ def test_predict_rejects_bad_edge_flags_before_loading(tmp_path, hippocampus_ima
 
 def test_refine_cropped_multilayer_seg_nrrd_like_slicer_writes(tmp_path):
     """Slicer crops .seg.nrrd files to the segments' extent and puts overlapping segments in layers."""
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require_module("slicerio")
     from e2miseg.io import ijk_to_lps
 
     image_path, _, labels = under_drawn_case(tmp_path)
@@ -194,7 +194,7 @@ def test_refine_cropped_multilayer_seg_nrrd_like_slicer_writes(tmp_path):
 
 
 def test_cohort_predict_refines_edges_like_a_single_case(tmp_path, checkpoint, hippocampus_image):
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require_module("slicerio")
     from conftest import shared_file
 
     common = ["--model", str(checkpoint), "--device", "cpu", "--refine-edges", "--edge-strength", "0.9"]

@@ -8,7 +8,9 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+from conftest import require_module  # noqa: E402
+
+slicer = require_module("slicer", "the slicer-core wheel runs the Slicer module's logic on real MRML")
 
 from conftest import oblique_image, shared_file  # noqa: E402
 from e2miseg.edges import EdgeOptions, refine_label_array  # noqa: E402

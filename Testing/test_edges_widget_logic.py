@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+from conftest import require_module  # noqa: E402
+
+slicer = require_module("slicer", "the slicer-core wheel runs the Slicer module's logic on real MRML")
 
 from conftest import oblique_image  # noqa: E402
 from e2miseg.cli import main as cli_main  # noqa: E402

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from conftest import require_module
 import torch
 
 from e2miseg.card import validate_card
@@ -11,7 +13,7 @@ from e2miseg.inference import InferenceOptions, Predictor
 from e2miseg.runtime import make_forward, resolve_runtime
 from helpers import make_card, small_e2miseg_config
 
-openvino = pytest.importorskip("openvino", reason="openvino not installed: the CPU runtime falls back to PyTorch")
+openvino = require_module("openvino", "the CPU runtime falls back to PyTorch without it")
 
 
 @pytest.fixture
@@ -217,6 +219,7 @@ def test_keep_fp32_marks_only_the_named_layer_types_once():
     assert keep_fp32(xml, ()) == (xml, 0)
 
 
+@pytest.mark.machine("native bfloat16")
 def test_bf16_e2miseg_keeps_its_depthwise_convolutions_in_fp32(small_model, tmp_path, monkeypatch):
     """E2MISeg in bfloat16: the dense convolutions run in bf16 (AMX), MFGA's depthwise dilated ones in
     fp32, as the network asks (``openvino_fp32_layers``); checked on the compiled network itself."""
@@ -258,6 +261,7 @@ def test_bf16_under_torch_autocast_gives_fp32_logits_close_to_fp32():
     torch.testing.assert_close(out, reference, atol=0.05, rtol=0.05)  # ... to bfloat16's accuracy
 
 
+@pytest.mark.machine("native bfloat16")
 def test_bundled_ehanet_in_bf16_gives_the_fp32_labels_on_a_real_cine_volume(tmp_path, monkeypatch):
     """The accuracy check behind precision="auto": on a real ACDC volume the bundled EHANet's labels in
     bfloat16 (OpenVINO, the CPU's native bf16) agree with fp32 on at least 99.8 % of the voxels."""

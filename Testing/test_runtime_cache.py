@@ -5,12 +5,14 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from conftest import require_module
 import torch
 
 from e2miseg import runtime
 from e2miseg.runtime import make_forward
 
-pytest.importorskip("openvino", reason="openvino not installed: the CPU runtime falls back to PyTorch")
+require_module("openvino", "the CPU runtime falls back to PyTorch without it")
 
 
 def small_net(seed: int) -> torch.nn.Module:

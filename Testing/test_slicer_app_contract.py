@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+from conftest import require_module  # noqa: E402
+
+slicer = require_module("slicer", "the slicer-core wheel runs the Slicer module's logic on real MRML")
 
 from conftest import ROOT  # noqa: E402
 from helpers import HIPPOCAMPUS_LABELS, make_e2miseg_checkpoint  # noqa: E402

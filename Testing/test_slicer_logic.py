@@ -18,8 +18,10 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
-psutil = pytest.importorskip("psutil")
+from conftest import require_module  # noqa: E402
+
+slicer = require_module("slicer", "the slicer-core wheel runs the Slicer module's logic on real MRML")
+psutil = require_module("psutil")
 
 from conftest import oblique_image  # noqa: E402
 from e2miseg.cli import main as cli_main  # noqa: E402

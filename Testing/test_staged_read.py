@@ -13,7 +13,7 @@ from e2miseg import io
 from e2miseg.card import validate_card
 from e2miseg.errors import InputImageError
 from e2miseg.validate import read_checked_channels
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, shared_file
 from helpers import make_card, small_e2miseg_config
 
 
@@ -110,8 +110,8 @@ def test_unwritable_temporary_space_reads_the_original(tmp_path, monkeypatch):
         assert sources == [path]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the project")
 def test_real_volumes_stage_to_the_same_image():
+    shared_file("")  # the real data must be beside the project
     files = [next((SHARED_DATA / name / "imagesTr").glob("*.nii.gz"), None) for name in
              ("Task04_Hippocampus", "LeftAtrium2018", "ACDC")]
     files = [f for f in files if f is not None]

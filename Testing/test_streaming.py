@@ -332,6 +332,7 @@ MEMORY_CHILD = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.machine("Linux /proc")
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set from Linux's /proc")
 def test_peak_memory_stays_far_below_one_float_volume_per_class(tmp_path):
     """A 16-class model on a 480x192x192 network grid: one float32 volume per class is 1.1 GB.

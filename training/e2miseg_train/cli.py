@@ -106,8 +106,23 @@ def cmd_export(args) -> int:
         comparison = comparison_table([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.compare])
     path = export_run(args.run, args.out, checkpoint=args.checkpoint, metrics=args.metrics, name=args.name,
                       version=args.version, half_precision=not args.fp32, record=args.record, comparison=comparison,
-                      notes=Path(args.notes).read_text(encoding="utf-8") if args.notes and Path(args.notes).is_file() else args.notes)
+                      notes=Path(args.notes).read_text(encoding="utf-8") if args.notes and Path(args.notes).is_file() else args.notes,
+                      regression_table=args.regression_table, regression_cases=args.regression_cases, data_root=args.data_root)
     print(f"exported {path}")
+    if args.regression_table:
+        print(f"regression figures of {path.name} written to {args.regression_table}")
+    return 0
+
+
+def cmd_regression_table(args) -> int:
+    from .regression import update_table
+
+    table = update_table(args.out, args.models, data_root=args.data_root, count=args.cases)
+    for model in args.models:
+        entry = table["models"][Path(model).name]
+        figures = "; ".join(f"{case} " + "/".join(f"{d:.4f}" for d in scores.values()) for case, scores in entry["cases"].items())
+        print(f"{entry['name']} {entry['version']} ({entry['runtime']}, {entry['precision']}): {figures}")
+    print(f"written to {args.out}")
     return 0
 
 
@@ -212,7 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true", help="record the sha256 in the folder's index.json")
     p.add_argument("--notes", help="text (or a text file) for the card's provenance and the Markdown card")
     p.add_argument("--compare", nargs="+", help="summary.json files of other models on the same cases, tabled in NAME.md")
+    p.add_argument("--regression-table", metavar="JSON",
+                   help="also record per-case Dice of the exported file on a few validation cases (default runtime and "
+                        "precision, card defaults) in this table, e.g. Testing/fixtures/shipped_models.json")
+    p.add_argument("--regression-cases", type=int, default=3, metavar="N", help="validation cases in the regression table")
+    p.add_argument("--data-root", help="folder holding the dataset (default: the path in the card)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("regression-table", help="record per-case Dice of exported models on a few validation cases, "
+                                                "as CI's shipped-model tests re-check them")
+    p.add_argument("models", nargs="+", help="exported .safetensors files")
+    p.add_argument("--out", default="Testing/fixtures/shipped_models.json", help="the table (entries of other models are kept)")
+    p.add_argument("--cases", type=int, default=3, help="validation cases per model (the first in the card's split)")
+    p.add_argument("--data-root", help="folder holding the datasets (default: the paths in the cards)")
+    p.set_defaults(func=cmd_regression_table)
 
     p = sub.add_parser("choose-defaults", help="measure postprocessing and quality candidates on the validation split; "
                                                "record the comparison and the chosen defaults in the card")

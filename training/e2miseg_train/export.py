@@ -89,7 +89,9 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, cu
 
 def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metrics: str | Path | None = None,
                name: str | None = None, version: str = "1.0.0", half_precision: bool = True, record: bool = False,
-               markdown: bool = True, comparison: str | None = None, notes: str | None = None) -> Path:
+               markdown: bool = True, comparison: str | None = None, notes: str | None = None,
+               regression_table: str | Path | None = None, regression_cases: int = 3,
+               data_root: str | Path | None = None) -> Path:
     run, out = Path(run), Path(out)
     tensors, card = read_checkpoint(run / f"{checkpoint}.safetensors")
     summary = None
@@ -104,6 +106,10 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metri
     save_checkpoint(out, tensors, card, half_precision=half_precision)
     if record:
         record_hash(out)
+    if regression_table:  # the figures CI re-checks, measured on the file just written
+        from .regression import update_table
+
+        update_table(regression_table, [out], data_root=data_root, count=regression_cases)
     if markdown:
         stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.stem
         curves = None
