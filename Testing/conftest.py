@@ -69,13 +69,13 @@ def pytest_sessionstart(session) -> None:
     if not IN_CI:
         return
     if not SHARED_DATA.is_dir():
-        pytest.exit(f"CI: {SHARED_DATA} is absent; the shipped-model, real-data and Slicer re-run tests need it "
-                    f"beside the checkout (unset CI to run the rest and skip those)", returncode=1)
+        raise pytest.UsageError(f"CI: {SHARED_DATA} is absent; the shipped-model, real-data and Slicer re-run tests "
+                                f"need it beside the checkout (unset CI to run the rest and skip those)")
     try:
         import slicer  # noqa: F401
     except ImportError as exc:
-        pytest.exit(f"CI: import slicer failed ({exc}); install slicer-core (scripts/setup_env.sh) "
-                    f"so the Slicer module tests run", returncode=1)
+        raise pytest.UsageError(f"CI: import slicer failed ({exc}); install slicer-core (scripts/setup_env.sh) "
+                                f"so the Slicer module tests run") from None
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -265,6 +265,7 @@ def test_label_scores_perfect_and_empty_predictions():
 
 def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_path):
     import e2miseg
+    from e2miseg.checkpoint import sha256_of
     from e2miseg_train.cli import main
 
     out, _ = trained_run
@@ -280,7 +281,18 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
     assert "training checkpoint best.safetensors, iteration" in summary_md and "1.0.0" not in summary_md
 
     target = tmp_path / "models" / "tiny-hippocampus.safetensors"
-    assert main(["export", str(out), "--out", str(target), "--metrics", str(eval_dir / "summary.json"), "--record"]) == 0
+    table = tmp_path / "regression.json"
+    assert main(["export", str(out), "--out", str(target), "--metrics", str(eval_dir / "summary.json"), "--record",
+                 "--regression-table", str(table), "--regression-cases", "1"]) == 0
+    # export measured the file it wrote on the card's validation case, as the shipped-model tests re-check it
+    entry = json.loads(table.read_text())["models"]["tiny-hippocampus.safetensors"]
+    assert entry["dataset"] == "Hippocampus_mini" and list(entry["cases"]) == ["hippocampus_004"]
+    assert set(entry["cases"]["hippocampus_004"]) == {"1", "2"} and entry["sha256"] == sha256_of(target)
+    from e2miseg_train.regression import case_dice
+
+    case = hippocampus_mini / "imagesTr" / "hippocampus_004.nii.gz"
+    recorded = case_dice(*e2miseg.load_model(target, device="cpu"), [case], hippocampus_mini / "labelsTr" / case.name)
+    assert recorded == entry["cases"]["hippocampus_004"]
     index = json.loads((target.parent / "index.json").read_text())
     assert target.name in index and len(index[target.name]["sha256"]) == 64
     model, card = e2miseg.load_model(target, device="cpu")

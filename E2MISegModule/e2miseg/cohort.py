@@ -1,6 +1,7 @@
 """Cohort runs: a folder of cases in, a folder of segmentations and a summary CSV out.
 
-Finished cases are skipped on restart. Under ``torchrun`` each rank takes every WORLD_SIZE-th case,
+Finished cases are skipped on restart, failed or unrecorded ones run again, and the summary keeps
+one row per case (rewritten whole after each case). Under ``torchrun`` each rank takes every WORLD_SIZE-th case,
 so a batch job shards a cohort with PyTorch's own launcher and no scheduler of ours.
 """
 from __future__ import annotations
@@ -96,28 +97,47 @@ def run_cohort(folder: Path, output: Path, args) -> int:
     model, card = api.load_model(args.model, settings.device or "auto")
     summary = output / ("summary.csv" if world == 1 else f"summary_rank{rank}.csv")
     label_names = [entry["name"] for entry in card["labels"]]
-    fresh = not summary.exists()
+    header = ["case", "seconds", "status"] + [f"{n}_mm3" for n in label_names]
+    rows = _summary_rows(summary, header)
     failures = 0
-    with open(summary, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if fresh:
-            writer.writerow(["case", "seconds", "status"] + [f"{n}_mm3" for n in label_names])
-        for name in tqdm(names, desc=f"cohort (rank {rank}/{world})", unit="case"):
-            target = output / f"{name}{args.format}"
-            if target.exists():
-                continue  # finished in an earlier run
-            start = time.perf_counter()
-            try:
-                labels = api.predict([str(p) for p in cases[name]], model, card, settings)
-                write_result(labels, card, target)
-            except E2MISegError as exc:
-                failures += 1
-                writer.writerow([name, f"{time.perf_counter() - start:.2f}", f"error: {exc}"] + [""] * len(label_names))
-                handle.flush()
-                continue
-            voxel_mm3 = float(np.prod(labels.GetSpacing()))
-            counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=256)
-            volumes = [f"{counts[e['value']] * voxel_mm3:.1f}" for e in card["labels"]]
-            writer.writerow([name, f"{time.perf_counter() - start:.2f}", "ok"] + volumes)
-            handle.flush()
+    for name in tqdm(names, desc=f"cohort (rank {rank}/{world})", unit="case"):
+        target = output / f"{name}{args.format}"
+        if target.exists() and rows.get(name, [None, None, None])[2] == "ok":
+            continue  # finished in an earlier run; failed or unrecorded cases run again
+        start = time.perf_counter()
+        try:
+            labels = api.predict([str(p) for p in cases[name]], model, card, settings)
+            write_result(labels, card, target)
+        except E2MISegError as exc:
+            failures += 1
+            rows[name] = [name, f"{time.perf_counter() - start:.2f}", f"error: {exc}"] + [""] * len(label_names)
+            _write_summary(summary, header, rows)
+            continue
+        voxel_mm3 = float(np.prod(labels.GetSpacing()))
+        counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=256)
+        volumes = [f"{counts[e['value']] * voxel_mm3:.1f}" for e in card["labels"]]
+        rows[name] = [name, f"{time.perf_counter() - start:.2f}", "ok"] + volumes
+        _write_summary(summary, header, rows)
     return 1 if failures else 0
+
+
+def _summary_rows(summary: Path, header: list[str]) -> dict[str, list[str]]:
+    """An earlier run's rows by case (the last row of a case wins); none if the columns differ."""
+    if not summary.exists():
+        return {}
+    with open(summary, newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle))
+    if not table or table[0] != header:
+        return {}
+    return {row[0]: row for row in table[1:] if row}
+
+
+def _write_summary(summary: Path, header: list[str], rows: dict[str, list[str]]) -> None:
+    """One row per case, rewritten whole and renamed into place, so an interrupted run never leaves
+    a half-written or duplicated summary."""
+    tmp = summary.with_name(f".{summary.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows.values())
+    os.replace(tmp, summary)
