@@ -85,7 +85,8 @@ def model_entry(checkpoint: str | Path, data_root: str | Path | None = None, cou
     return {
         "name": card["name"], "version": card["version"], "sha256": sha256_of(checkpoint),
         "dataset": folder.name, "runtime": resolve_runtime(None, torch.device("cpu")), "precision": precision,
-        "defaults": card.get("defaults") or {},
+        # the settings the figures were measured with (the card's comparison that chose them stays in the card)
+        "defaults": {k: v for k, v in (card.get("defaults") or {}).items() if k != "comparison"},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
         "cases": {name: case_dice(model, card, list(by_name[name].images), by_name[name].label) for name in names},
     }
