@@ -82,3 +82,23 @@ def test_training_preprocesses_through_the_same_function():
     from e2miseg_train import cache
 
     assert "from e2miseg.preprocess import preprocess" in inspect.getsource(cache)
+
+
+def test_plausibility_warns_on_empty_and_far_off_volumes():
+    """Issue 21 point 4: an empty result, or a label volume far outside the card's validation range, is
+    reported in one line (not an error)."""
+    from bad_inputs import volume
+    from e2miseg.card import validate_card
+    from e2miseg.plausibility import plausibility_warning
+    from helpers import make_card
+
+    card = make_card()
+    card["labels"][0]["validation_volume_mm3"] = {"min": 100.0, "max": 200.0, "cases": 5}
+    card = validate_card(card)
+    array = np.zeros((12, 14, 16), np.uint8)
+    assert "the segmentation is empty" in plausibility_warning(volume(array), card)
+    array[:5, :5, :6] = 1  # 150 mm³: inside the range
+    assert plausibility_warning(volume(array), card) is None
+    array[:, :, :] = 1  # 2688 mm³: more than twice the largest
+    line = plausibility_warning(volume(array), card)
+    assert "Anterior hippocampus 2688 mm³ (validation 100-200)" in line and "\n" not in line

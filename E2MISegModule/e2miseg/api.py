@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Sequence, Union
@@ -145,6 +146,11 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
         labels = sink.image()
         del sink
     labels = finish_labels(labels, card, chosen, keep_image, probability_map)
+    from .plausibility import plausibility_warning
+
+    warning = plausibility_warning(labels, card)
+    if warning:  # one line on stderr through the CLI's "e2miseg" logger; not an error, the result is still returned
+        logging.getLogger("e2miseg").warning(warning)
     result = (labels, probability_map) if return_probabilities else labels
     clock.lap("postprocess")
     reporter.report("postprocess", 1, 1)

@@ -39,6 +39,15 @@ _LABEL = {
         "value": {"type": "integer", "minimum": 1, "maximum": 255},
         "name": {"type": "string", "minLength": 1},
         "color": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 3, "maxItems": 3},
+        # per-label volume range (mm³) of the validation split's reference labels: results far outside
+        # it are reported (e2miseg.plausibility); optional, written by training's export
+        "validation_volume_mm3": {
+            "type": "object",
+            "required": ["min", "max"],
+            "properties": {"min": {"type": "number", "minimum": 0}, "max": {"type": "number", "minimum": 0},
+                           "cases": {"type": "integer", "minimum": 1}},
+            "additionalProperties": False,
+        },
         "terminology": {
             "type": "object",
             "required": ["category", "type"],
