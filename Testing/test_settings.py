@@ -12,16 +12,16 @@ from helpers import make_card
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"edge_strength": 1.5}, r"^edge_strength \(--edge-strength\) 1\.5 is outside 0\.\.1$"),
-    ({"min_island_mm3": -3.0}, r"^min_island_mm3 \(--min-island-mm3\) -3\.0 is outside 0\.\.1e\+09$"),
-    ({"step": 0.0}, r"^step \(--step\) 0\.0 is outside 0\.\.1 \(0 itself excluded\)$"),
-    ({"batch_size": 0}, r"^batch_size \(--batch-size\) 0 is outside 1\.\.4096$"),
-    ({"batch_size": 2.5}, r"^batch_size \(--batch-size\) must be a whole number in 1\.\.4096, not 2\.5$"),
-    ({"quality": "best"}, r"^quality \(--quality\) 'best' is not one of fast, normal, normal\+tta$"),
-    ({"edge_method": "crf"}, r"^edge_method \(--edge-method\) 'crf' is not one of meanfield, guided, geodesic$"),
-    ({"device": "gpu"}, r"^device \(--device\) 'gpu' is not one of auto, cpu, cuda, mps or cuda:N$"),
-    ({"keep_largest": "yes"}, r"^keep_largest \(--keep-largest\) must be true or false, not 'yes'$"),
-    ({"edge_strength": float("nan")}, r"^edge_strength \(--edge-strength\) nan is outside 0\.\.1$"),
+    ({"edge_strength": 1.5}, r"^edge_strength \(--edge-strength\) 1\.5 is outside 0\.\.1;"),
+    ({"min_island_mm3": -3.0}, r"^min_island_mm3 \(--min-island-mm3\) -3\.0 is outside 0\.\.1e\+09;"),
+    ({"step": 0.0}, r"^step \(--step\) 0\.0 is outside 0\.\.1 \(0 itself excluded\);"),
+    ({"batch_size": 0}, r"^batch_size \(--batch-size\) 0 is outside 1\.\.4096;"),
+    ({"batch_size": 2.5}, r"^batch_size \(--batch-size\) must be a whole number in 1\.\.4096, not 2\.5;"),
+    ({"quality": "best"}, r"^quality \(--quality\) 'best' is not one of fast, normal, normal\+tta;"),
+    ({"edge_method": "crf"}, r"^edge_method \(--edge-method\) 'crf' is not one of meanfield, guided, geodesic;"),
+    ({"device": "gpu"}, r"^device \(--device\) 'gpu' is not one of auto, cpu, cuda, mps or cuda:N;"),
+    ({"keep_largest": "yes"}, r"^keep_largest \(--keep-largest\) must be true or false, not 'yes';"),
+    ({"edge_strength": float("nan")}, r"^edge_strength \(--edge-strength\) nan is outside 0\.\.1;"),
 ])
 def test_out_of_range_is_one_line_naming_the_option_and_its_range(options, message):
     with pytest.raises(SettingsError, match=message) as error:

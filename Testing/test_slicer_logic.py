@@ -369,7 +369,7 @@ def test_out_of_range_setting_is_refused_before_anything_runs(logic, checkpoint,
     # the settings object checks its ranges itself: one line naming the option and its range, no engine started
     volume, node = _scene_with_user_work(logic, hippocampus_image)
     before = scene_state(logic)
-    with pytest.raises(SettingsError, match=r"^edge_strength \(--edge-strength\) 2\.0 is outside 0\.\.1$") as error:
+    with pytest.raises(SettingsError, match=r"^edge_strength \(--edge-strength\) 2\.0 is outside 0\.\.1;") as error:
         logic.process(volume, model=str(checkpoint), outputSegmentation=node, device="cpu", edgeStrength=2.0)
     assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
     with pytest.raises(TypeError, match="unknown setting 'edgeStrenght'"):

@@ -215,7 +215,7 @@ def _checked(spec: dataclasses.Field, value: Any) -> Any:
     where = f"{name} ({meta['flag']})"
     if meta["negatable"]:
         if not isinstance(value, bool):
-            raise SettingsError(f"{where} must be true or false, not {value!r}")
+            raise SettingsError(f"{where} must be true or false, not {value!r}; pass True or False")
         return value
     if meta["choices"]:
         if value not in meta["choices"]:
