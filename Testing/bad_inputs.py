@@ -123,13 +123,13 @@ def _case_2d_for_3d(d: Path) -> BadInput:
 
 def _case_4d_wrong_channels(d: Path) -> BadInput:
     sitk.WriteImage(sitk.JoinSeries([volume(good_array(seed=1)), volume(good_array(seed=2))]), str(d / "two.nii.gz"))
-    return BadInput([d / "two.nii.gz"], 3, "needs 1 input channel(s) [T1_0 (MR)] but got 2")
+    return BadInput([d / "two.nii.gz"], 3, "takes 1 input channel [T1_0 (MR)] but was given 2")
 
 
 def _case_two_files_for_one_channel(d: Path) -> BadInput:
     for n in (0, 1):
         sitk.WriteImage(volume(good_array(seed=n)), str(d / f"case_000{n}.nrrd"))
-    return BadInput([d / "case_0000.nrrd", d / "case_0001.nrrd"], 3, "but got 2")
+    return BadInput([d / "case_0000.nrrd", d / "case_0001.nrrd"], 3, "but was given 2 (case_0000.nrrd, case_0001.nrrd)")
 
 
 def _case_zero_size(d: Path) -> BadInput:

@@ -1,6 +1,7 @@
-"""Copy the latest benchmark tables (with their machine lines) into README.md's "Speed and memory" section.
+"""Copy the latest benchmark tables (with their machine lines) into docs/benchmarks.md ("Speed and memory",
+linked from the README).
 
-The README quotes, between the markers ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``,
+That page quotes, between the markers ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``,
 the Markdown result files of the speed benchmarks, exactly as the benchmarks wrote them, so the
 numbers a reader sees are the ones on disk (Testing/test_benchmarks.py checks they match).
 
@@ -24,14 +25,17 @@ def quoted_block(results: Path = RESULTS) -> str:
         if not path.is_file():
             continue
         lines = path.read_text(encoding="utf-8").strip().splitlines()
-        # the file's "# name" title becomes a level-4 heading inside the README section
+        # the file's "# name" title becomes a level-4 heading inside the page
         body = [f"#### {lines[0].lstrip('# ').strip()} (`benchmarks/results/{name}.md`)"] + lines[1:]
         parts.append("\n".join(body))
     return "\n\n".join(parts)
 
 
-def quote(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> bool:
-    """Rewrite the quoted block; return True when the README changed."""
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+def quote(readme: Path = PAGE, results: Path = RESULTS) -> bool:
+    """Rewrite the quoted block; return True when the page changed."""
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise SystemExit(f"{readme} has no {START} ... {END} block")
@@ -45,5 +49,5 @@ def quote(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> bool:
 
 if __name__ == "__main__":
     changed = quote()
-    print("README.md: benchmark tables updated" if changed else "README.md: benchmark tables already current")
+    print("docs/benchmarks.md: benchmark tables updated" if changed else "docs/benchmarks.md: benchmark tables already current")
     sys.exit(0)

@@ -19,7 +19,7 @@ fi
 # bfloat16 accuracy check and speed (skipped, with a message, on CPUs without native bfloat16)
 "$PY" benchmarks/precision.py --threads "$THREADS" ${PRECISION_ARGS:-}
 "$PY" benchmarks/training_throughput.py --threads "$THREADS" --iterations "${ITERATIONS:-40}" --pairs "${TRAIN_PAIRS:-2}" ${TRAIN_ARGS:-}
-"$PY" benchmarks/quote_in_readme.py   # the README quotes these tables (and memory_ct's) verbatim
+"$PY" benchmarks/quote_in_readme.py   # docs/benchmarks.md quotes these tables (and memory_ct's) verbatim
 for name in inference_vs_monai conv_roofline precision training_throughput; do
     echo; cat "benchmarks/results/$name.md"
 done

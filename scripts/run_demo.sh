@@ -12,5 +12,4 @@ mkdir -p "$out"
   "$here/E2MISegModule/Resources/SampleData/hippocampus_008.nii.gz" \
   --model e2miseg-hippocampus --device auto \
   -o "$out/hippocampus_008.seg.nrrd" --preview "$out/hippocampus_008.png"
-echo "Segmentation: $out/hippocampus_008.seg.nrrd (open it in 3D Slicer with the image)"
-echo "Preview:      $out/hippocampus_008.png"
+echo "Open $out/hippocampus_008.seg.nrrd in 3D Slicer with the image to edit it."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Sequence, Union
 
 import SimpleITK as sitk
@@ -18,6 +19,7 @@ import torch
 from .checkpoint import load_weights_into, read_checkpoint, sha256_of
 from .errors import CheckpointError
 from .inference import InferenceOptions, Predictor, resolve_device
+from .label_input import check_not_label_map
 from .postprocess import LabelSink, finish_labels, labels_on_input_grid, probability_image
 from .preprocess import preprocess
 from .progress import CancelToken, ProgressCallback, Reporter
@@ -114,6 +116,8 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     chosen = resolve_settings(explicit, card)
     clock.lap("load")
     channels = read_checked_channels(images, card)  # headers are checked before any voxel is read
+    if not chosen.accept_label_map:
+        check_not_label_map(channels, card, input_names(images))
     reporter.report("load", 1, 1)
     clock.lap("read")
     reporter.report("preprocess", 0, 1)
@@ -156,6 +160,14 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
     reporter.report("postprocess", 1, 1)
     clock.finish()
     return result
+
+
+def input_names(images) -> list[str] | None:
+    """File names for messages, one per channel when the inputs are one file per channel."""
+    items = [images] if isinstance(images, (str, os.PathLike, sitk.Image)) else list(images)
+    if any(isinstance(item, sitk.Image) for item in items):
+        return None
+    return [Path(item).name for item in items]
 
 
 class _Clock:

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from .errors import E2MISegError
 
@@ -24,37 +24,6 @@ INTERNAL_ERROR_EXIT = 70
 def _json_line(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
-
-
-class TqdmProgress:
-    """Human progress: one tqdm bar per stage, on stderr so stdout stays clean for pipes."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.stage = None
-
-    def __call__(self, event) -> None:
-        from tqdm import tqdm
-
-        if event.stage != self.stage:
-            self.close()
-            self.stage = event.stage
-            self.bar = tqdm(total=event.total, desc=event.stage, unit="tile" if event.stage == "infer" else "step",
-                            file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
-        self.bar.total = event.total
-        self.bar.n = event.done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _progress_for(args) -> Callable:
-    if args.json_progress:
-        return lambda event: _json_line(event.as_dict())
-    return TqdmProgress()
 
 
 class SignalCancel(threading.Event):
@@ -119,6 +88,7 @@ def cmd_predict(args) -> int:
     if len(inputs) == 1 and is_cohort_folder(inputs[0]):
         return run_cohort(inputs[0], Path(args.output), args)
     cancel = _cancel_on_signal()
+    settings = _settings_of(args)
     with cancel.reading():  # nothing is written before the result: a signal may end the run at once
         output = Path(args.output)
         # before importing torch: a typo costs milliseconds, not a model load
@@ -128,81 +98,65 @@ def cmd_predict(args) -> int:
         from .cli_refine import check_predict_edge_args, write_prediction_uncertainty
 
         check_predict_edge_args(args)
-        settings = _settings_of(args)
         from .checkpoint import read_card
         from .store import resolve
-        from .validate import read_checked_channels
 
-        # The input is checked against the model's card (header first, then voxels) before torch loads,
-        # so a bad file fails in a second; the checksum is verified when the weights load below.
+        # The input is checked against the model's card (header first, then voxels; a label map is
+        # refused) before torch loads, so a bad file fails in a second; the checksum is verified when
+        # the weights load below.
         card = read_card(resolve(args.model, verify=False).path)
         from .inference import check_step
 
         check_step(settings.step, card)
-        channels = read_checked_channels([str(p) for p in inputs], card)
+        channels = _checked_channels(inputs, card, settings)
         from . import api
+        from .cli_progress import StageBar, segment_lines, segment_volumes
         from .io import write_result
 
-        progress = _progress_for(args)
+        human = not args.json_progress and not args.quiet
+        progress = (lambda event: _json_line(event.as_dict())) if args.json_progress else StageBar() if human else None
         model, card = api.load_model(args.model, settings.device or "auto")
-    labels = api.predict(channels, model, card, settings, progress=progress, cancel=cancel,
-                         return_probabilities=bool(args.uncertainty))
+    try:
+        labels = api.predict(channels, model, card, settings, progress=progress, cancel=cancel,
+                             return_probabilities=bool(args.uncertainty))
+    finally:
+        if isinstance(progress, StageBar):
+            progress.close()
     labels, probabilities = labels if args.uncertainty else (labels, None)
-    if isinstance(progress, TqdmProgress):
-        progress.close()
     if args.json_progress:
         _json_line({"stage": "write", "done": 0, "total": 1, "eta_s": None, "message": ""})
     write_result(labels, card, output)
     if args.uncertainty:
         write_prediction_uncertainty(probabilities, labels, args.uncertainty)
+    volumes = segment_volumes(labels, card)
     if args.preview:
-        from .io import read_channels
         from .preview import write_preview
 
-        colors = {entry["value"]: entry["color"] for entry in card["labels"]}
-        write_preview(read_channels([str(inputs[0])])[0], labels, colors, args.preview)
+        write_preview(channels[0], labels, card, args.preview, title=f"{inputs[0].name}: {card['name']} {card['version']}",
+                      volumes=volumes)
     if args.json_progress:
-        _json_line({"stage": "done", "done": 1, "total": 1, "eta_s": 0, "output": str(output)})
-    else:
-        print(f"wrote {output}", file=sys.stderr)
+        _json_line({"stage": "done", "done": 1, "total": 1, "eta_s": 0, "output": str(output), "segments": volumes,
+                    "preview": args.preview})
+    elif human:
+        print(f"wrote {output}")
+        print("\n".join(segment_lines(volumes)))
+        if args.preview:
+            print(f"preview: {args.preview}")
+        if args.uncertainty:
+            print(f"uncertainty: {args.uncertainty}")
     return 0
 
 
-def cmd_models(args) -> int:
-    from . import store
-    from .checkpoint import read_checkpoint
+def _checked_channels(inputs: list[Path], card: dict, settings) -> list:
+    """Read and check the input against the card (and refuse a label map) before the model loads."""
+    from .label_input import check_not_label_map
+    from .settings import resolve as resolve_settings
+    from .validate import read_checked_channels
 
-    if args.action == "list":
-        for model in store.list_models():
-            try:
-                _, card = read_checkpoint(model.path)
-                print(f"{model.name}\t{card['version']}\t{card['architecture']['name']}\t{card['inference']['kind']}\t"
-                      f"{'sha256 verified' if model.sha256 else 'no recorded sha256'}\t{card['license']}\t{model.path}")
-            except E2MISegError as exc:
-                print(f"{model.name}\tBROKEN: {exc}\t{model.path}")
-        return 0
-    if args.action == "info":
-        stored = store.resolve(args.name)
-        _, card = read_checkpoint(stored.path)
-        if args.build:
-            from .api import build_from_card
-
-            net = build_from_card(card)
-            card = {**card, "parameters": sum(p.numel() for p in net.parameters())}
-        print(json.dumps({"path": str(stored.path), "sha256": stored.sha256, **card}, indent=2))
-        return 0
-    if args.action == "import":
-        stored = store.import_model(args.name)
-        print(f"imported {stored.name} ({stored.card['license']}) into {stored.path}", file=sys.stderr)
-        return 0
-    if args.action == "convert":
-        from .convert import convert_pickle_checkpoint
-
-        out = convert_pickle_checkpoint(Path(args.name), Path(args.card) if args.card else None,
-                                        Path(args.output) if args.output else None, trust_pickle=args.trust_pickle)
-        print(f"wrote {out}", file=sys.stderr)
-        return 0
-    raise E2MISegError(f"unknown models action {args.action}")
+    channels = read_checked_channels([str(p) for p in inputs], card)
+    if not resolve_settings(settings, card).accept_label_map:
+        check_not_label_map(channels, card, [p.name for p in inputs])
+    return channels
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -226,22 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     Settings.add_arguments(p.add_argument_group("settings (each defaults to the model card's choice, else the engine's)"))
     p.add_argument("--json-progress", action="store_true", help="print one JSON progress object per line on stdout")
-    p.add_argument("--preview", help="also write a PNG overlay preview (mid slices in three orientations)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary; errors only")
+    p.add_argument("--preview", help="also write a PNG preview: the image with the segments in three views, with a legend")
     p.add_argument("--format", default=".seg.nrrd", help="output extension for cohort runs (default .seg.nrrd)")
+    p.add_argument("--overwrite", action="store_true", help="cohorts: segment again the cases that already have an output")
     from .cli_refine import add_predict_edge_flags, add_refine_parser
 
     add_predict_edge_flags(p)
     p.set_defaults(func=cmd_predict)
 
-    m = sub.add_parser("models", help="list, inspect, import or convert models")
-    m.add_argument("action", choices=["list", "info", "import", "convert"])
-    m.add_argument("name", nargs="?", help="model name or file (info, import, convert)")
-    m.add_argument("--build", action="store_true", help="info: also build the network and count its parameters")
-    m.add_argument("--card", help="convert: the model card JSON for a pickle checkpoint")
-    m.add_argument("-o", "--output", help="convert: output .safetensors file")
-    m.add_argument("--trust-pickle", action="store_true", help="convert: I trust this file's author; allow unpickling it")
-    m.set_defaults(func=cmd_models)
+    from .cli_models import add_models_parser
 
+    add_models_parser(sub)
     add_refine_parser(sub)
     return parser
 
@@ -257,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("e2miseg: %(message)s"))
         notices.addHandler(handler)
-        notices.setLevel(logging.INFO)
+        notices.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         from .environment import check_environment
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -72,10 +73,11 @@ def run_cohort(folder: Path, output: Path, args) -> int:
     from tqdm import tqdm
 
     from . import api
-
     from .io import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX
     from .paths import check_cohort_folders
+    from .settings import Settings
 
+    settings = Settings.from_args(args)  # a bad option fails before any folder is made
     if args.format not in (SEGMENTATION_SUFFIX,) + LABELMAP_SUFFIXES:
         raise OutputError(f"--format {args.format} is not an output type; use .seg.nrrd, .nii.gz, .nii, .nrrd, .nhdr, .mha or .mhd")
     cases = find_cases(folder)
@@ -91,19 +93,24 @@ def run_cohort(folder: Path, output: Path, args) -> int:
     if not os.access(output, os.W_OK):
         raise OutputError(f"output folder {output} is not writable; choose a folder you can write to")
     names, rank, world = shard(sorted(cases))
-    from .settings import Settings
-
-    settings = Settings.from_args(args)
     model, card = api.load_model(args.model, settings.device or "auto")
     summary = output / ("summary.csv" if world == 1 else f"summary_rank{rank}.csv")
     label_names = [entry["name"] for entry in card["labels"]]
     header = ["case", "seconds", "status"] + [f"{n}_mm3" for n in label_names]
     rows = _summary_rows(summary, header)
+    overwrite = getattr(args, "overwrite", False)
+    # finished in an earlier run: the output exists and the summary says ok (failed or unrecorded cases run again)
+    done = [name for name in names if (output / f"{name}{args.format}").exists() and rows.get(name, [None] * 3)[2] == "ok"]
+    todo = names if overwrite else [name for name in names if name not in done]
+    share = f"rank {rank + 1} of {world}: " if world > 1 else ""  # ranks are named only when there are several
+    quiet = getattr(args, "quiet", False)
+    if done and not quiet:
+        print(f"e2miseg: {share}{len(done)} of {len(names)} cases already done, "
+              f"{'segmenting them again (--overwrite)' if overwrite else 'skipped (--overwrite redoes them)'}",
+              file=sys.stderr)
     failures = 0
-    for name in tqdm(names, desc=f"cohort (rank {rank}/{world})", unit="case"):
+    for name in tqdm(todo, desc=f"{share}cohort", unit="case", disable=True if quiet else None, file=sys.stderr):
         target = output / f"{name}{args.format}"
-        if target.exists() and rows.get(name, [None, None, None])[2] == "ok":
-            continue  # finished in an earlier run; failed or unrecorded cases run again
         start = time.perf_counter()
         try:
             labels = api.predict([str(p) for p in cases[name]], model, card, settings)
@@ -118,6 +125,9 @@ def run_cohort(folder: Path, output: Path, args) -> int:
         volumes = [f"{counts[e['value']] * voxel_mm3:.1f}" for e in card["labels"]]
         rows[name] = [name, f"{time.perf_counter() - start:.2f}", "ok"] + volumes
         _write_summary(summary, header, rows)
+    if not quiet:
+        print(f"e2miseg: {share}segmented {len(todo) - failures} of {len(todo)} case(s)"
+              f"{f', {failures} failed (see {summary})' if failures else ''}; summary in {summary}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -218,8 +218,9 @@ class OpenVinoForward:
 
     def _compile(self, shape: tuple[int, ...], streams: int):
         path = self._ir_path(shape[1:])
-        if not (path.is_file() and path.with_suffix(".bin").is_file()):
-            LOG.info("optimising the network for this CPU with OpenVINO (once per model; about a minute)")
+        start = time.perf_counter()
+        converted = not (path.is_file() and path.with_suffix(".bin").is_file())
+        if converted:
             self._convert(torch.zeros((1,) + shape[1:]), path)
         if self._core is None:
             self._core = self._ov.Core()
@@ -234,7 +235,11 @@ class OpenVinoForward:
         # fp32 unless bf16 was chosen: OpenVINO's own default is bf16 on CPUs that have it, for every network
         config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self._threads,
                   "NUM_STREAMS": streams, "CACHE_DIR": str(cache_dir() / "openvino" / "compiled")}
-        return self._core.compile_model(ir, "CPU", config)
+        compiled = self._core.compile_model(ir, "CPU", config)
+        if converted:  # said only when it really happened, with what it cost (the cache makes it once per shape)
+            LOG.info(f"optimised the network for this CPU with OpenVINO in {time.perf_counter() - start:.1f} s "
+                     f"(once per model and window size; cached in {path.parent})")
+        return compiled
 
     def _queue(self, sample_shape: tuple[int, ...]):
         queue = self._queues.get(sample_shape)

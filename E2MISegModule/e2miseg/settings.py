@@ -70,6 +70,9 @@ class Settings:
     device: Optional[str] = _option("--device", "auto, cpu, cuda, cuda:N or mps (default auto)")
     runtime: Optional[str] = _option("--runtime", "network runtime: auto = OpenVINO on the CPU when installed, else "
                                      "PyTorch (env E2MISEG_RUNTIME)", choices=RUNTIMES)
+    accept_label_map: Optional[bool] = _option("--accept-label-map", "run even on an input that looks like a label map "
+                                               "(integer voxels with a few values, the model's labels among them)",
+                                               negatable=True)
     precision: Optional[str] = _option("--precision", "arithmetic: auto = float16 autocast on CUDA, bfloat16 for the "
                                        "bundled networks on CPUs with native bfloat16, else fp32 (env E2MISEG_PRECISION)",
                                        choices=PRECISIONS)
@@ -242,7 +245,7 @@ def _checked(spec: dataclasses.Field, value: Any) -> Any:
 # What the engine does when neither the caller nor the card decides. Refinement is off: on the
 # bundled models it did not measurably help at its measured strength (see docs/ and the cards).
 ENGINE_DEFAULTS = Settings(keep_largest=False, min_island_mm3=0.0, refine_edges=False, edge_method=DEFAULT_METHOD,
-                           edge_strength=DEFAULT_STRENGTH, quality="normal")
+                           edge_strength=DEFAULT_STRENGTH, quality="normal", accept_label_map=False)
 
 
 def resolve(explicit: Settings | None, card: Mapping[str, Any] | None) -> Settings:

@@ -88,8 +88,11 @@ def resolve(name_or_path: str | os.PathLike, verify: bool = True) -> StoredModel
     else:
         matches = [m for m in list_models() if m.name == str(name_or_path)]
         if not matches:
-            known = ", ".join(m.name for m in list_models()) or "none installed"
-            raise CheckpointError(f"no model named '{name_or_path}' (known: {known}); import one with `e2miseg models import FILE`")
+            names = [m.name for m in list_models()]
+            guesses = similar_names(str(name_or_path), names)
+            hint = f"did you mean {' or '.join(repr(g) for g in guesses)}? " if guesses else ""
+            raise CheckpointError(f"no model named '{name_or_path}'; {hint}known models: {', '.join(names) or 'none installed'} "
+                                  f"(`e2miseg models list`); import one with `e2miseg models import FILE`")
         model = matches[0]
     if verify and model.sha256 is not None:
         actual = sha256_of(model.path)
@@ -131,3 +134,18 @@ def record_hash(path: Path) -> str:
     index[path.name] = {"sha256": digest, "version": card["version"], "license": card["license"]}
     _write_index(path.parent, index)
     return digest
+
+
+def similar_names(name: str, names: list[str], limit: int = 2) -> list[str]:
+    """Store names close to a misspelt ``name``: the whole name, or one of its dash-separated parts
+    (``hipocampus`` finds ``e2miseg-hippocampus``)."""
+    import difflib
+
+    query = name.lower()
+    scored = []
+    for candidate in names:
+        parts = [candidate.lower()] + candidate.lower().split("-")
+        score = max(difflib.SequenceMatcher(None, query, part).ratio() for part in parts)
+        if score >= 0.6:
+            scored.append((score, candidate))
+    return [candidate for _, candidate in sorted(scored, key=lambda item: -item[0])[:limit]]

@@ -103,14 +103,24 @@ def memory_limit_bytes() -> int:
     return int(override * 2**20) if override is not None else available_memory_bytes()
 
 
+def channel_count_message(headers: Sequence[ImageHeader], card: dict[str, Any]) -> str:
+    """One line that fits too few and too many: what the model takes, what was given, what to give."""
+    expected = len(card["channels"])
+    names = ", ".join(f"{c['name']} ({c['modality']})" for c in card["channels"])
+    given = ", ".join(h.name if h.channels == 1 else f"{h.name} ({h.channels} channels)" for h in headers)
+    got = sum(h.channels for h in headers)
+    fix = (f"give exactly one single-channel image" if expected == 1 else
+           f"give {expected} files, one per channel in that order, or one 4D image with {expected} channels")
+    return (f"model '{card['name']}' takes {expected} input channel{'s' if expected > 1 else ''} [{names}] but was given "
+            f"{got} ({given}); {fix}")
+
+
 def check_headers(headers: Sequence[ImageHeader], card: dict[str, Any], memory_limit: int | None = None) -> None:
     """Everything that can be checked from the headers alone, cheapest first: no voxel has been read yet."""
     expected = len(card["channels"])
     got = sum(h.channels for h in headers)
     if got != expected:
-        names = ", ".join(f"{c['name']} ({c['modality']})" for c in card["channels"])
-        raise InputImageError(f"model '{card['name']}' needs {expected} input channel(s) [{names}] but got {got}; "
-                              f"pass one file per channel or a 4D image")
+        raise InputImageError(channel_count_message(headers, card))
     kind = card["inference"]["kind"]
     index = 0
     for header in headers:
