@@ -418,3 +418,29 @@ def test_ema_decay_outside_zero_to_one_is_refused(tmp_path, tiny_plan):
                              ema_decay=decay, cache_dir=str(tmp_path / "cache"))
         with pytest.raises(E2MISegError, match="--ema must lie between 0 and 1"):
             fit(tiny_plan, options)
+
+
+def test_init_starts_a_run_from_a_checkpoint_of_the_same_network_only(trained_run, tiny_plan):
+    """``fit --init``: continue a shipped model when its run folder is gone; another network is refused."""
+    import copy
+
+    from e2miseg.card import validate_card
+    from e2miseg.checkpoint import read_checkpoint
+    from e2miseg.errors import E2MISegError
+    from e2miseg_train.baselines import build_network
+    from e2miseg_train.trainer import start_from_checkpoint
+
+    out, _ = trained_run
+    card = validate_card(tiny_plan["card"])
+    model = build_network(card["architecture"]["name"], card["architecture"]["config"])
+    tensors, _ = read_checkpoint(out / "best.safetensors")
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in tensors.items())  # a fresh start differs
+    start_from_checkpoint(model, card, str(out / "best.safetensors"))
+    for key, value in tensors.items():
+        assert torch.equal(model.state_dict()[key], value.to(model.state_dict()[key].dtype)), key
+
+    wider = copy.deepcopy(card)
+    wider["architecture"]["config"]["feature_size"] = 2 * int(card["architecture"]["config"].get("feature_size", 8))
+    other = build_network(wider["architecture"]["name"], wider["architecture"]["config"])
+    with pytest.raises(E2MISegError, match="same network"):
+        start_from_checkpoint(other, wider, str(out / "best.safetensors"))

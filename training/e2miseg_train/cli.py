@@ -82,7 +82,7 @@ def cmd_fit(args) -> int:
                          save_every_minutes=args.save_every, device=args.device, threads=args.threads, seed=args.seed,
                          fg_fraction=args.fg_fraction, grad_clip=args.grad_clip, loss=args.loss, loss_config=_json_object(args.loss_config, '--loss-config'),
                          augment=not args.no_augment,
-                         amp=not args.no_amp, channels_last=not args.no_channels_last, cache_dir=args.cache_dir, save_rank_weights=args.save_rank_weights)
+                         amp=not args.no_amp, channels_last=not args.no_channels_last, init=args.init, cache_dir=args.cache_dir, save_rank_weights=args.save_rank_weights)
     fit(plan, options)
     return 0
 
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-config", help="JSON keyword arguments of the network's own loss, e.g. S2aNet's "
                    "'{\"weighting\": \"adaptive-foreground\", \"dice_weight\": 1}' (losses.WeightAdaptiveLoss)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--init", help="start from this checkpoint's weights (same network and config; e.g. a shipped model "
+                   "whose run folder is gone); ignored when OUT/state.pt exists")
     p.add_argument("--no-channels-last", action="store_true",
                    help="keep 2D networks in contiguous memory on the CPU (default: channels-last, oneDNN's faster layout)")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: float16 autocast on CUDA, bfloat16 on CPUs with native bf16 for networks that prefer it)")
