@@ -92,10 +92,13 @@ def test_model_store_import_list_info_and_checksum(tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert main(["models", "list"]) == 0
     listing = capsys.readouterr().out
-    assert "test-model\t0.0.1\te2miseg\t3d\tsha256 verified\tCC-BY-SA-4.0 (test)" in listing
+    row = next(line for line in listing.splitlines() if line.startswith("test-model "))
+    assert row.split()[1] == "0.0.1" and "Anterior hippocampus, Posterior hippocampus" in row
+    assert row.endswith("CC-BY-SA-4.0 (test)")
     assert main(["models", "info", "test-model", "--build"]) == 0
     info = capsys.readouterr().out
-    assert '"parameters":' in info and '"Anterior hippocampus"' in info
+    assert "Anterior hippocampus" in info and "(sha256 verified)" in info
+    assert "Parameters: 433,657" in info  # --build instantiated the network from the card
     import e2miseg
 
     model, card = e2miseg.load_model("test-model", device="cpu")

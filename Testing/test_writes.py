@@ -101,7 +101,8 @@ def test_uncertainty_and_preview_short_writes(tmp_path, monkeypatch):
     with pytest.raises(OutputError):
         write_uncertainty(uncertainty, [], tmp_path / "u.nii.gz")
     with pytest.raises(OutputError):
-        write_preview(volume(good_array()), labels_image(), {1: [1, 0, 0], 2: [0, 1, 0]}, tmp_path / "p.png")
+        write_preview(volume(good_array()), labels_image(), {"name": "test", "version": "0", "labels": [
+            {"value": 1, "name": "one", "color": [1, 0, 0]}, {"value": 2, "name": "two", "color": [0, 1, 0]}]}, tmp_path / "p.png")
     monkeypatch.undo()
     from e2miseg.io import write_text
 

@@ -198,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "models" and args.action in ("info", "import", "convert") and not args.name:
-        parser.error(f"models {args.action} needs a model name or file")
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "models" and args.action in ("info", "import", "convert") and not args.name:
+            parser.error(f"models {args.action} needs a model name or file")
+    except SystemExit as stop:  # argparse's --help (0) and one-line errors (2): an exit code, in-process too
+        return stop.code if isinstance(stop.code, int) else 2
     # One-time notices (e.g. the OpenVINO conversion, which takes a minute) go to stderr as single lines.
     notices = logging.getLogger("e2miseg")
     if not notices.handlers:
