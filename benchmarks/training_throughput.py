@@ -159,7 +159,7 @@ def subset_plan(source: Path, cases: int, folder: Path) -> Path:
 def run_child(kind: str, key: str, plan: Path, args, folder: Path, index: int) -> dict:
     stamps = folder / f"{key}-{kind}-{index}.json"
     command = [sys.executable, __file__, "--child", kind, "--job", key, "--plan-file", str(plan), "--stamps", str(stamps),
-               "--out", str(folder / f"run-{key}-{index}"), "--iterations", str(args.iterations),
+               "--out", str(folder / f"run-{key}-{kind}-{index}"), "--iterations", str(args.iterations),
                "--threads", str(args.threads), "--cache-dir", args.cache_dir]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)

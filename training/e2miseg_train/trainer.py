@@ -102,8 +102,9 @@ def training_precision(model: torch.nn.Module, device: torch.device, amp: bool) 
 
     CUDA: float16 (with a GradScaler). CPU: bfloat16 only for slice-wise networks that ask for it at
     inference (``prefers_bf16``, the same flag the engine's runtime reads) and only on CPUs with native
-    bf16 arithmetic (AVX512-BF16/AMX): elsewhere bf16 is emulated and slower than float32. Measured for
-    EHANet, batch 8 at 160x160, 2 threads: 1.63 s -> 0.91 s per step (benchmarks/training_throughput.py).
+    bf16 arithmetic (AVX512-BF16/AMX): elsewhere bf16 is emulated and slower than float32. With
+    channels-last, fit trains EHANet 2.26x and S2aNet 2.03x faster than in float32 with contiguous memory
+    (benchmarks/results/training_throughput_bf16.md, 2 threads, AMD EPYC with AVX512-BF16).
     3D networks keep float32 on the CPU: every E2MISeg/DynUNet comparison so far was trained in it.
     """
     if not amp:
@@ -119,8 +120,8 @@ def training_precision(model: torch.nn.Module, device: torch.device, amp: bool) 
 
 
 def prefers_channels_last(model: torch.nn.Module, device: torch.device) -> bool:
-    """Channels-last memory for 2D networks on the CPU (oneDNN's native layout for 2D convolutions:
-    EHANet's bf16 step 0.91 -> 0.72 s); 3D networks stay contiguous (measured slower, training/README)."""
+    """Channels-last memory for 2D networks on the CPU (oneDNN's native layout for 2D convolutions; part
+    of the gain in ``training_precision``); 3D networks stay contiguous (measured slower, training/README)."""
     return device.type == "cpu" and getattr(model, "kind", "3d") in ("2d", "2.5d")
 
 
