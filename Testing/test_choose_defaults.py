@@ -14,10 +14,10 @@ require_module("e2miseg_train")
 
 from conftest import shared_file  # noqa: E402
 from e2miseg.checkpoint import read_checkpoint  # noqa: E402
-from e2miseg.settings import Settings, resolve  # noqa: E402
+from e2miseg.settings import ENGINE_DEFAULTS, Settings, resolve  # noqa: E402
 from e2miseg.store import sha256_of  # noqa: E402
 from e2miseg_train.cli import main as train_main  # noqa: E402
-from e2miseg_train.defaults import BASELINE, compare, pick  # noqa: E402
+from e2miseg_train.defaults import BASELINE, candidate_name, compare, pick  # noqa: E402
 from helpers import make_e2miseg_checkpoint  # noqa: E402
 
 
@@ -55,6 +55,9 @@ def test_choose_defaults_writes_the_card_with_the_same_weights(tmp_path):
     comparison = defaults["comparison"]
     assert comparison["case_names"] == ["hippocampus_001", "hippocampus_003"]
     names = [row["candidate"] for row in comparison["postprocessing"]]
+    # refinement was judged against the chosen cleanup alone, which heads its table
+    cleanup = Settings(**comparison["chosen"]).replace(refine_edges=False, quality="normal").over(ENGINE_DEFAULTS)
+    assert comparison["refinement"][0]["candidate"] == candidate_name(cleanup)
     assert BASELINE in names and "largest component" in names and "refine meanfield 0.5" in names
     assert len(comparison["island_sizes_mm3"]) == 2
     # whatever was chosen is what the engine now resolves with no options, and it came from the table
@@ -71,3 +74,32 @@ def test_bad_dataset_is_one_line(tmp_path, capsys):
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
     assert train_main(["choose-defaults", str(path), str(tmp_path / "nothing")]) == 2
     assert "dataset folder" in capsys.readouterr().err
+
+
+def test_refinement_must_help_beyond_the_chosen_cleanup():
+    """'largest component + refine' beats the engine default only through the largest component: refinement
+    stays off unless it measurably helps against the chosen cleanup alone (it did not for ehanet-acdc 0.2.0)."""
+    from e2miseg.settings import ENGINE_DEFAULTS
+    from e2miseg_train.defaults import candidate_name, choose_postprocessing
+
+    off = Settings(keep_largest=False, min_island_mm3=0.0, refine_edges=False).over(ENGINE_DEFAULTS)
+    largest = off.replace(keep_largest=True)
+    refined = largest.replace(refine_edges=True, edge_method="meanfield", edge_strength=0.3)
+    refined_alone = off.replace(refine_edges=True, edge_method="meanfield", edge_strength=0.3)
+    base = [(0.70, 9.0), (0.72, 8.0), (0.69, 10.0), (0.71, 9.5), (0.73, 8.5), (0.70, 9.0)]
+    lifted = [(d + 0.05, h - 3) for d, h in base]
+    noise = [0.004, -0.003, 0.002, -0.004, 0.003, -0.001]  # up and down: +0.0002 on average, not measurable
+    table = {candidate_name(off): scores(base), candidate_name(largest): scores(lifted),
+             candidate_name(refined): scores([(d + e, h) for (d, h), e in zip(lifted, noise)]),
+             candidate_name(refined_alone): scores([(d + e, h) for (d, h), e in zip(base, noise)])}
+    # judged against the engine default, the refined candidate "measurably helps" and has the top Dice...
+    rows = compare(table, BASELINE, resamples=500, seed=0)
+    assert pick(rows, BASELINE) == candidate_name(refined)
+    # ...but the two-step rule keeps the cleanup and turns refinement off
+    chosen, refinement_rows = choose_postprocessing(table, [off, largest, refined, refined_alone], resamples=500, seed=0)
+    assert chosen == largest and not chosen.refine_edges
+    assert [r["candidate"] for r in refinement_rows] == [candidate_name(largest), candidate_name(refined)]
+    # a refinement that lifts every case on top of the cleanup is kept
+    table[candidate_name(refined)] = scores([(d + 0.01, h - 0.5) for d, h in lifted])
+    chosen, _ = choose_postprocessing(table, [off, largest, refined, refined_alone], resamples=500, seed=0)
+    assert chosen == refined

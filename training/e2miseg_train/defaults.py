@@ -9,8 +9,12 @@ strength) is then applied to that same output with ``e2miseg.postprocess.finish_
 The rule, the same for every setting: the engine's default (everything off, quality normal) stays
 unless a candidate *measurably* helps, that is its paired difference to the engine default over the
 cases (case-mean Dice over labels) has a bootstrap 95 % interval above zero, or its Dice is not lower
-and its HD95 interval is below zero. Among those that help, the highest mean Dice wins. So edge
-refinement stays off for a model where it does not measurably help.
+and its HD95 interval is below zero. Among those that help, the highest mean Dice wins.
+
+Postprocessing is chosen in two steps, so that one step cannot ride on another's gain: first the cleanup
+(largest component, islands, or none) against the engine default, with refinement off; then edge
+refinement on top of that chosen cleanup, against the cleanup alone. So edge refinement stays off for a
+model where it does not measurably help beyond the cleanup.
 """
 from __future__ import annotations
 
@@ -117,6 +121,24 @@ def compare(scores: dict[str, dict[str, dict[str, float]]], baseline: str, resam
     return sorted(rows, key=lambda r: (r["candidate"] != baseline, -r["dice_mean"]))
 
 
+def choose_postprocessing(scores: dict[str, dict[str, dict[str, float]]], candidates: list[Settings], resamples: int,
+                          seed: int) -> tuple[Settings, list[dict[str, Any]]]:
+    """The cleanup that measurably helps against the engine default (refinement off), then the refinement
+    that measurably helps against that cleanup alone; returns the chosen settings and the second table."""
+    cleanups = [s for s in candidates if not s.refine_edges]
+    cleanup_rows = compare({candidate_name(s): scores[candidate_name(s)] for s in cleanups}, BASELINE, resamples, seed)
+    cleanup = next(s for s in cleanups if candidate_name(s) == pick(cleanup_rows, BASELINE))
+    on_top = [cleanup] + [s for s in candidates if s.refine_edges and _unrefined(s) == _unrefined(cleanup)]
+    refine_rows = compare({candidate_name(s): scores[candidate_name(s)] for s in on_top}, candidate_name(cleanup),
+                          resamples, seed)
+    chosen = next(s for s in on_top if candidate_name(s) == pick(refine_rows, candidate_name(cleanup)))
+    return chosen, refine_rows
+
+
+def _unrefined(settings: Settings) -> Settings:
+    return settings.replace(refine_edges=False, edge_method=None, edge_strength=None)
+
+
 def pick(rows: list[dict[str, Any]], baseline: str) -> str:
     helping = [r for r in rows if r["measurably_helps"]]
     if not helping:
@@ -127,9 +149,14 @@ def pick(rows: list[dict[str, Any]], baseline: str) -> str:
 def markdown(comparison: dict[str, Any]) -> str:
     lines = [f"**Defaults of {comparison['model']} chosen on {comparison['cases']} validation cases** "
              f"({comparison['rule']})", ""]
-    for section, key in (("Postprocessing (on the normal-quality network output)", "postprocessing"),
-                         ("Quality (no postprocessing)", "quality")):
-        lines += [f"*{section}*", "", "| candidate | mean Dice | Δ Dice vs default (95 % CI) | mean HD95 (mm) | "
+    refinement_base = comparison.get("refinement", [{}])[0].get("candidate", BASELINE)
+    sections = [("Postprocessing (on the normal-quality network output)", "postprocessing", "default"),
+                (f"Edge refinement on top of the chosen cleanup ({refinement_base})", "refinement", refinement_base),
+                ("Quality (no postprocessing)", "quality", "default")]
+    for section, key, against in sections:
+        if key not in comparison:  # comparisons recorded before refinement was judged on its own
+            continue
+        lines += [f"*{section}*", "", f"| candidate | mean Dice | Δ Dice vs {against} (95 % CI) | mean HD95 (mm) | "
                   "Δ HD95 (95 % CI) | measurably helps |", "|---|---|---|---|---|---|"]
         for r in comparison[key]:
             ci, hci = r["dice_difference_ci95"], r["hd95_mm_difference_ci95"]
@@ -193,7 +220,7 @@ def choose_defaults(model: str, dataset: str | Path | None = None, out: str | Pa
             f"({time.time() - started:.0f} s)")
     post_rows = compare(post_scores, BASELINE, resamples, seed)
     quality_rows = compare(quality_scores, BASELINE, resamples, seed)
-    chosen_post = next(s for s in candidates if candidate_name(s) == pick(post_rows, BASELINE))
+    chosen_post, refine_rows = choose_postprocessing(post_scores, candidates, resamples, seed)
     chosen_quality = next(q for q in qualities if candidate_name(off.replace(quality=q).over(ENGINE_DEFAULTS)) ==
                           pick(quality_rows, BASELINE))
     chosen = {field: getattr(chosen_post, field) for field in POST_FIELDS}
@@ -202,9 +229,11 @@ def choose_defaults(model: str, dataset: str | Path | None = None, out: str | Pa
         "model": f"{card['name']} {card['version']}", "dataset": dataset.name, "cases": len(selected),
         "case_names": [c.name for c in selected], "metric": "case-mean Dice over labels; HD95 in mm on the input grid",
         "rule": "the engine default stays unless a candidate's paired Dice difference has a bootstrap 95 % interval "
-                "above 0, or its Dice is not lower and its HD95 interval is below 0; then the highest mean Dice",
+                "above 0, or its Dice is not lower and its HD95 interval is below 0; then the highest mean Dice; "
+                "cleanup first (refinement off), then refinement against the chosen cleanup",
         "island_sizes_mm3": sizes, "resamples": resamples, "seed": seed,
-        "seconds": round(time.time() - started, 1), "postprocessing": post_rows, "quality": quality_rows,
+        "seconds": round(time.time() - started, 1), "postprocessing": post_rows, "refinement": refine_rows,
+        "quality": quality_rows,
         "chosen": chosen,
     }
     if out:
@@ -228,9 +257,9 @@ def write_defaults(model: str, chosen: dict[str, Any], comparison: dict[str, Any
     the card validated on save; ``record`` updates the sha256 in the folder's index.json."""
     stored = resolve(model)
     tensors, card = read_checkpoint(stored.path)
-    summary = {k: v for k, v in comparison.items() if k not in ("postprocessing", "quality")}
-    summary["postprocessing"] = [_short(r) for r in comparison["postprocessing"]]
-    summary["quality"] = [_short(r) for r in comparison["quality"]]
+    tables = ("postprocessing", "refinement", "quality")
+    summary = {k: v for k, v in comparison.items() if k not in tables}
+    summary.update({key: [_short(r) for r in comparison[key]] for key in tables if key in comparison})
     card["defaults"] = {**asdict(Settings(**chosen)), "comparison": summary}
     card["defaults"] = {k: v for k, v in card["defaults"].items() if v is not None}
     save_checkpoint(stored.path, tensors, card)  # tensors keep their stored dtype: the weights do not change
