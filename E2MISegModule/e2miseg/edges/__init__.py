@@ -17,7 +17,8 @@ _LAZY = {
     "refine_prediction": "refine", "refine_segmentation": "refine", "refine_with_uncertainty": "refine",
     "box_mask_ijk": "region", "box_mask_lps": "region", "stroke_region": "region",
     "refine_under_stroke": "stroke",
-    "entropy_map": "uncertainty", "uncertain_regions": "uncertainty", "uncertainty_image": "uncertainty",
+    "entropy_map": "uncertainty", "ranked_components": "uncertainty", "uncertain_regions": "uncertainty",
+    "uncertainty_image": "uncertainty",
     "write_uncertainty": "uncertainty",
 }
 

@@ -62,17 +62,10 @@ def uncertain_regions(uncertainty: np.ndarray, labels: np.ndarray, probabilities
     Components wider than ``patch_mm`` are cut into patches of that size (None keeps them whole).
     """
     spacing_zyx = tuple(float(s) for s in reference.GetSpacing()[::-1])
-    candidates = uncertainty >= threshold
-    if band_mm is not None:
-        candidates &= band_mask(labels, spacing_zyx, band_mm)
-    components, count = ndimage.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
+    components, sums, order = ranked_components(uncertainty, labels, spacing_zyx, threshold, band_mm, patch_mm)
+    if not len(order):
         return []
-    if patch_mm:
-        components, count = _cut_into_patches(components, count, spacing_zyx, patch_mm)
-    index = np.arange(1, count + 1)
-    sums = ndimage.sum_labels(uncertainty, components, index)
-    order = np.argsort(-sums)[:limit]
+    order = order[:limit]
     slices = ndimage.find_objects(components)
     voxel_mm3 = float(np.prod(reference.GetSpacing()))
     regions = []
@@ -95,6 +88,27 @@ def uncertain_regions(uncertainty: np.ndarray, labels: np.ndarray, probabilities
             "labels": _label_pair(kji, labels, probabilities),
         })
     return regions
+
+
+def ranked_components(uncertainty: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, ...],
+                      threshold: float = DEFAULT_THRESHOLD, band_mm: float | None = DEFAULT_REGION_BAND_MM,
+                      patch_mm: float | None = DEFAULT_PATCH_MM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The regions ``uncertain_regions`` ranks, as voxels: (component ids (z, y, x), summed uncertainty per id,
+    positions in ranked order). Region ``r`` (0-based rank) is ``components == order[r] + 1``.
+
+    Kept apart so a measurement of the ranking (benchmarks/uncertainty_ranking.py) scores exactly the
+    voxels the "Next uncertain edge" button visits, not a reconstruction of them.
+    """
+    candidates = uncertainty >= threshold
+    if band_mm is not None:
+        candidates &= band_mask(labels, spacing_zyx, band_mm)
+    components, count = ndimage.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return components, np.zeros(0), np.zeros(0, dtype=np.int64)
+    if patch_mm:
+        components, count = _cut_into_patches(components, count, spacing_zyx, patch_mm)
+    sums = ndimage.sum_labels(uncertainty, components, np.arange(1, count + 1))
+    return components, sums, np.argsort(-sums)
 
 
 def _cut_into_patches(components: np.ndarray, count: int, spacing_zyx: tuple[float, ...], patch_mm: float) -> tuple[np.ndarray, int]:
