@@ -153,3 +153,21 @@ def network_calls_timed(on_call: Callable[[tuple[int, ...], float, str], None]) 
         yield
     finally:
         engine_inference.make_forward = original
+
+
+def update_model_results(name: str, model: str, entry: dict[str, Any], render: Callable[[dict[str, Any]], str],
+                         folder: Path = RESULTS) -> str:
+    """Put one model's ``entry`` into ``<name>.json`` (other models' entries stay) and rewrite ``<name>.md``
+    from the whole file with ``render``; return the markdown. A rerun for one model (new weights)
+    replaces only that model's rows. The markdown is rendered before anything is written, so a failure
+    leaves the old files whole."""
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    results = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else {"models": {}}
+    results["models"][model] = entry
+    text = render(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, separators=(",", ":")) + "\n", encoding="utf-8")
+    tmp.replace(json_path)
+    md_path.write_text(text, encoding="utf-8")
+    return text
