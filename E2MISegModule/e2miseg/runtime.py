@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from . import cache_limit
 from .errors import E2MISegError
 
 LOG = logging.getLogger("e2miseg")
@@ -222,6 +223,8 @@ class OpenVinoForward:
         converted = not (path.is_file() and path.with_suffix(".bin").is_file())
         if converted:
             self._convert(torch.zeros((1,) + shape[1:]), path)
+        else:
+            cache_limit.touch(path, path.with_suffix(".bin"))  # reused: the newest in the LRU order
         if self._core is None:
             self._core = self._ov.Core()
         fp32_layers = tuple(getattr(self._model, "openvino_fp32_layers", FP32_LAYERS)) if self.precision == "bf16" else ()
@@ -236,6 +239,9 @@ class OpenVinoForward:
         config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self._threads,
                   "NUM_STREAMS": streams, "CACHE_DIR": str(cache_dir() / "openvino" / "compiled")}
         compiled = self._core.compile_model(ir, "CPU", config)
+        # one IR and one compiled blob per window shape: bounded, least recently used out (cache_limit.py)
+        cache_limit.prune(path.parent, keep=path.stem)
+        cache_limit.prune(Path(config["CACHE_DIR"]))
         if converted:  # said only when it really happened, with what it cost (the cache makes it once per shape)
             LOG.info(f"optimised the network for this CPU with OpenVINO in {time.perf_counter() - start:.1f} s "
                      f"(once per model and window size; cached in {path.parent})")
