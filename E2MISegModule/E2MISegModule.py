@@ -263,7 +263,11 @@ class E2MISegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not cancelled:  # the engine's message names the fix (crop, fast, CPU, ...)
                 slicer.util.errorDisplay(_("Segmentation failed.") + f"\n\n{task.error}")
             return
-        self.ui.statusLabel.text = _("Done. Correct the result in Segment Editor if needed.")
+        if task.warning:  # empty, or volumes far outside the model's validation range: said, not a modal error
+            self.ui.statusLabel.text = _("Done, but check the result: {warning}").format(
+                warning=task.warning.removeprefix("warning: "))
+        else:
+            self.ui.statusLabel.text = _("Done. Correct the result in Segment Editor if needed.")
         # after exit() (the user opened another module) the result still goes into the module's parameter node
         parameterNode = self._parameterNode or self.logic.getParameterNode()
         parameterNode.outputSegmentation = task.segmentationNode

@@ -58,6 +58,31 @@ def make_e2miseg_checkpoint(path: Path, patch=(16, 16, 16), seed: int = 0, **car
     return path
 
 
+def make_constant_checkpoint(path: Path, label: int, volume_ranges: dict[int, tuple[float, float]] | None = None,
+                             **card_overrides: Any) -> Path:
+    """A small E2MISeg whose output head says ``label`` everywhere (0: an empty result), with optional
+    ``validation_volume_mm3`` ranges per label value in its card (the plausibility check's input)."""
+    import torch
+
+    from e2miseg.checkpoint import save_checkpoint
+    from e2miseg.models import build_model
+
+    torch.manual_seed(0)
+    config = small_e2miseg_config()
+    model = build_model("e2miseg", **config)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(-10.0)
+        model.head.bias[label] = 10.0
+    labels = copy.deepcopy(HIPPOCAMPUS_LABELS)
+    for entry in labels:
+        if volume_ranges and entry["value"] in volume_ranges:
+            low, high = volume_ranges[entry["value"]]
+            entry["validation_volume_mm3"] = {"min": low, "max": high, "cases": 3}
+    save_checkpoint(path, model.state_dict(), make_card("3d", "e2miseg", config, labels=labels, **card_overrides))
+    return path
+
+
 def pointwise_net(hidden: int = 8):
     """A fully convolutional 3D net with a 1-voxel receptive field: tiling cannot change its output."""
     import torch

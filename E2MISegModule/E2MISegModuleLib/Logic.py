@@ -4,7 +4,7 @@
 >>> segmentationNode = logic.process(volumeNode, model="e2miseg-hippocampus", quality="fast")
 >>> task = logic.process(volumeNode, model="e2miseg-hippocampus", waitForCompletion=False)
 >>> while not task.poll(): ...                      # the widget polls from a qt.QTimer
->>> task.segmentationNode, task.error
+>>> task.segmentationNode, task.error, task.warning   # warning: one line when the result looks implausible
 >>> logic.process(volumeNode, model="e2miseg-hippocampus", uncertainty=True)  # + the network's uncertainty map
 >>> logic.edgeLogic.regions                        # its ranked uncertain edges (EdgeRefineLogic)
 """
@@ -49,6 +49,9 @@ class SegmentationTask:
 
     Afterwards ``segmentationNode`` is the result, or ``error`` says why there is none
     (``e2miseg.errors.Cancelled`` after ``cancel()``); in that case the scene was not changed.
+    ``warning`` is one line when the result looks wrong (no segment has a voxel, or a segment's volume is
+    far outside the range the model card recorded on validation), else None: the segmentation is still
+    created, but such a result must not pass as an ordinary success.
     """
 
     def __init__(self, logic: "E2MISegLogic", runner, card: dict, inputVolume, outputSegmentation,
@@ -65,6 +68,7 @@ class SegmentationTask:
         self.uncertaintyVolume = uncertaintyVolume
         self.uncertaintyRequested = False
         self.error: Optional[BaseException] = None
+        self.warning: Optional[str] = None
         self.finished = False
         self.startTime = time.perf_counter()
 
@@ -95,9 +99,12 @@ class SegmentationTask:
                                                                  self.outputSegmentation)
                 if self.uncertaintyRequested:
                     self.uncertaintyVolume = self.logic._loadRunUncertainty(self, labelImage, probabilities)
+                self.warning = self.logic.plausibilityWarning(labelImage, self.card)
                 self._report(progressEvent("import", 1, 1))
                 self.logic.log(f"Segmented '{self.inputVolume.GetName()}' with {self.card['name']} "
                                f"in {time.perf_counter() - self.startTime:.1f} s")
+                if self.warning and not isinstance(self.runner, SubprocessRunner):  # the engine's stderr line is logged already
+                    self.logic.log(self.warning)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -348,6 +355,14 @@ class E2MISegLogic:
         return load
 
     # ---- results ------------------------------------------------------------------------
+
+    @staticmethod
+    def plausibilityWarning(labelImage: sitk.Image, card: dict) -> Optional[str]:
+        """The engine's one-line verdict on a result (``e2miseg.plausibility``): empty, or a label volume far
+        outside the card's validation range; None when it looks ordinary. The same check as the CLI's."""
+        from e2miseg.plausibility import plausibility_warning
+
+        return plausibility_warning(labelImage, card)
 
     def _importResult(self, labelImage: sitk.Image, card: dict, inputVolume, outputSegmentation):
         """Label map -> segments. On any failure the scene is put back exactly as it was."""

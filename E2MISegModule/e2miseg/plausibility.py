@@ -29,5 +29,6 @@ def plausibility_warning(labels: sitk.Image, card: dict[str, Any]) -> str | None
         if volume < recorded["min"] / VOLUME_FACTOR or volume > recorded["max"] * VOLUME_FACTOR:
             odd.append(f"{entry['name']} {volume:.0f} mm³ (validation {recorded['min']:.0f}-{recorded['max']:.0f})")
     if odd:
-        return f"warning: label volumes far outside model '{card['name']}''s validation range: {'; '.join(odd)}; review the result"
+        return (f"warning: label volumes far outside the validation range of model '{card['name']}': {'; '.join(odd)}; "
+                f"review the result")
     return None
