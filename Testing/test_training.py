@@ -301,6 +301,15 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
     assert provenance["training"]["total_iterations"] >= 4
     assert set(provenance["validation"]["per_label"]) == {"Anterior hippocampus", "Posterior hippocampus"}
     assert card["labels"][0]["terminology"]["type"]["code"] == "5366008"
+    # the reference volume of the one validation case is the card's plausibility range (issue 21)
+    recorded = json.loads((eval_dir / "summary.json").read_text())["volumes_mm3"]["hippocampus_004"]
+    reference = sitk.ReadImage(str(hippocampus_mini / "labelsTr" / "hippocampus_004.nii.gz"))
+    for label in card["labels"]:
+        volume = float((sitk.GetArrayFromImage(reference) == label["value"]).sum() * np.prod(reference.GetSpacing()))
+        assert recorded[label["name"]]["reference"] == pytest.approx(volume, abs=0.05)
+        assert label["validation_volume_mm3"] == {"min": pytest.approx(volume, abs=0.05),
+                                                  "max": pytest.approx(volume, abs=0.05), "cases": 1}
+    assert "## Validation volumes" in target.with_suffix(".md").read_text()
     assert "CC-BY-SA 4.0" in card["license"]
     markdown = target.with_suffix(".md").read_text()
     assert "Validation" in markdown and (target.parent / "tiny-hippocampus-curves.png").exists()

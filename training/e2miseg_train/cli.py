@@ -1,4 +1,4 @@
-"""``e2miseg-train``: plan, fit, evaluate, compare, export."""
+"""``e2miseg-train``: plan, fit, evaluate, compare, export, and amend an exported card (choose-defaults, volume-ranges)."""
 from __future__ import annotations
 
 import argparse
@@ -148,6 +148,19 @@ def cmd_choose_defaults(args) -> int:
     return 0
 
 
+def cmd_volume_ranges(args) -> int:
+    from .volumes import record_volume_ranges
+
+    ranges = record_volume_ranges(args.model, args.dataset, cases=args.cases, metrics=args.metrics, write=args.write,
+                                  record=args.record)
+    for name, r in ranges.items():
+        print(f"{name}: {r['min']:.1f} - {r['max']:.1f} mm³ over {r['cases']} validation case(s)")
+    if args.write:
+        print(f"wrote the ranges into the card of {args.model}" + (" and its sha256 into index.json" if args.record else ""),
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2miseg-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the cases")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_choose_defaults)
+
+    p = sub.add_parser("volume-ranges", help="record per-label volume ranges (mm³) of the validation split's reference "
+                                             "labels in the card, for the engine's plausibility warning (no retraining)")
+    p.add_argument("model", help="checkpoint path or store name")
+    p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
+    p.add_argument("--cases", default="card", help="card (the card's validation cases), val, or comma-separated case names")
+    p.add_argument("--metrics", help="take the reference volumes from this `evaluate` summary.json instead of the label files")
+    p.add_argument("--write", action="store_true", help="rewrite the checkpoint's card with the ranges (weights unchanged)")
+    p.add_argument("--record", action="store_true", help="with --write: refresh the sha256 in the folder's index.json")
+    p.set_defaults(func=cmd_volume_ranges)
 
     p = sub.add_parser("compare", help="pair two `evaluate` results case by case: Dice difference, 95 %% CI, Wilcoxon p")
     p.add_argument("first", help="evaluate folder (or its per_case.csv) of model A")

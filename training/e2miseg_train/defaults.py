@@ -29,14 +29,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.stats import bootstrap
 
-from e2miseg.checkpoint import read_checkpoint, save_checkpoint
 from e2miseg.errors import E2MISegError
 from e2miseg.postprocess import finish_labels
 from e2miseg.settings import ENGINE_DEFAULTS, QUALITIES, Settings
-from e2miseg.store import record_hash, resolve
 from e2miseg.validate import read_checked_channels
 
+from .amend import amend_card, replace_markdown_section
 from .evaluate import label_scores, load_any, select_cases
+from .volumes import reference_volumes
 
 POST_FIELDS = ("keep_largest", "min_island_mm3", "refine_edges", "edge_method", "edge_strength")
 BASELINE = "engine default"
@@ -75,13 +75,9 @@ def island_sizes(reference_volumes_mm3: list[float], fractions: Iterable[float])
 
 def smallest_structure_volumes(cases, card: dict) -> list[float]:
     """Reference volumes (mm³) of the label with the smallest median volume, over ``cases``."""
-    volumes: dict[int, list[float]] = {label["value"]: [] for label in card["labels"]}
-    for case in cases:
-        reference = sitk.ReadImage(str(case.label))
-        counts = np.bincount(sitk.GetArrayViewFromImage(reference).ravel().astype(np.int64), minlength=256)
-        for value in volumes:
-            volumes[value].append(float(counts[value]) * float(np.prod(reference.GetSpacing())))
-    return min(volumes.values(), key=lambda v: float(np.median(v)))
+    per_case = reference_volumes(cases, card["labels"])
+    volumes = [[case[label["name"]] for case in per_case.values()] for label in card["labels"]]
+    return min(volumes, key=lambda v: float(np.median(v)))
 
 
 def case_scores(prediction: np.ndarray, reference: np.ndarray, labels: list[dict], spacing_zyx) -> dict[str, float]:
@@ -253,39 +249,22 @@ def predict_raw(channels, network, card, settings: Settings):
 
 
 def write_defaults(model: str, chosen: dict[str, Any], comparison: dict[str, Any], record: bool = False) -> Path:
-    """Rewrite the checkpoint with ``defaults`` in its card: weights byte for byte as they were (same dtype),
-    the card validated on save; ``record`` updates the sha256 in the folder's index.json."""
-    stored = resolve(model)
-    tensors, card = read_checkpoint(stored.path)
+    """Put ``defaults`` into the checkpoint's card (weights unchanged, ``amend.amend_card``) and a
+    "Defaults" section into its Markdown card; ``record`` updates the sha256 in the folder's index.json."""
     tables = ("postprocessing", "refinement", "quality")
     summary = {k: v for k, v in comparison.items() if k not in tables}
     summary.update({key: [_short(r) for r in comparison[key]] for key in tables if key in comparison})
-    card["defaults"] = {**asdict(Settings(**chosen)), "comparison": summary}
-    card["defaults"] = {k: v for k, v in card["defaults"].items() if v is not None}
-    save_checkpoint(stored.path, tensors, card)  # tensors keep their stored dtype: the weights do not change
-    if record:
-        record_hash(stored.path)
-    _update_markdown_card(stored.path, comparison)
-    return stored.path
+
+    def put_defaults(card: dict[str, Any]) -> None:
+        defaults = {**asdict(Settings(**chosen)), "comparison": summary}
+        card["defaults"] = {k: v for k, v in defaults.items() if v is not None}
+
+    path = amend_card(model, put_defaults, record=record)
+    replace_markdown_section(path, "## Defaults", "## Defaults (chosen on the validation split by "
+                                                  "`e2miseg-train choose-defaults`)\n\n" + markdown(comparison))
+    return path
 
 
 def _short(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("candidate", "dice_mean", "dice_difference", "dice_difference_ci95", "hd95_mm_mean",
                                 "hd95_mm_difference", "hd95_mm_difference_ci95", "measurably_helps")}
-
-
-def _update_markdown_card(path: Path, comparison: dict[str, Any]) -> None:
-    """Replace (or add) the '## Defaults' section of the Markdown card beside the checkpoint."""
-    stem = path.name[: -len(".safetensors")]
-    card_md = path.with_name(f"{stem}.md")
-    if not card_md.exists():
-        return
-    text = card_md.read_text(encoding="utf-8")
-    section = "## Defaults (chosen on the validation split by `e2miseg-train choose-defaults`)\n\n" + markdown(comparison)
-    start = text.find("## Defaults")
-    if start >= 0:
-        end = text.find("\n## ", start + 3)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    card_md.write_text(text, encoding="utf-8")

@@ -25,6 +25,7 @@ from e2miseg.store import resolve
 
 from .baselines import build_network, is_baseline
 from .dataset import list_cases, split_cases
+from .volumes import label_volumes_mm3, spread
 
 
 def load_any(name_or_path: str, device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -90,6 +91,9 @@ def summarise(rows: list[dict[str, Any]], labels: list[dict[str, Any]]) -> dict[
             "hd95_mm_mean": float(finite.mean()) if len(finite) else math.nan,
             "hd95_mm_median": float(np.median(finite)) if len(finite) else math.nan,
             "hd95_missing": int(len(hd) - len(finite)),
+            # what export turns into the card's plausibility range (reference), and how the model compares
+            "reference_volume_mm3": spread([r["ref_volume_mm3"] for r in mine if "ref_volume_mm3" in r]),
+            "predicted_volume_mm3": spread([r["pred_volume_mm3"] for r in mine if "pred_volume_mm3" in r]),
         }
     return summary
 
@@ -137,6 +141,7 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
     network, card = load_any(model, device)
     selected = select_cases(dataset, cases)[: limit or None]
     rows: list[dict[str, Any]] = []
+    volumes: dict[str, dict[str, dict[str, float]]] = {}  # case -> label name -> reference / predicted mm³
     started = time.time()
     for case in selected:
         prediction_image = predict([str(p) for p in case.images], network, card, step=step, tta=tta)
@@ -144,16 +149,23 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
         prediction = sitk.GetArrayFromImage(prediction_image)
         reference = sitk.GetArrayFromImage(reference_image)
         spacing_zyx = tuple(reference_image.GetSpacing())[::-1]
+        reference_mm3 = label_volumes_mm3(reference_image, card["labels"])
+        predicted_mm3 = label_volumes_mm3(prediction_image, card["labels"])
+        volumes[case.name] = {name: {"reference": round(reference_mm3[name], 1), "predicted": round(predicted_mm3[name], 1)}
+                              for name in reference_mm3}
         for label in card["labels"]:
             scores = label_scores(prediction, reference, label["value"], spacing_zyx)
-            rows.append({"case": case.name, "label": label["value"], "label_name": label["name"], **scores})
+            rows.append({"case": case.name, "label": label["value"], "label_name": label["name"], **scores,
+                         "pred_volume_mm3": predicted_mm3[label["name"]], "ref_volume_mm3": reference_mm3[label["name"]]})
     seconds = time.time() - started
-    fields = ["case", "label", "label_name", "dice", "hd95_mm", "pred_voxels", "ref_voxels"]
+    fields = ["case", "label", "label_name", "dice", "hd95_mm", "pred_voxels", "ref_voxels", "pred_volume_mm3",
+              "ref_volume_mm3"]
     with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "dice": f"{row['dice']:.6f}", "hd95_mm": f"{row['hd95_mm']:.4f}"})
+            writer.writerow({**row, "dice": f"{row['dice']:.6f}", "hd95_mm": f"{row['hd95_mm']:.4f}",
+                             "pred_volume_mm3": f"{row['pred_volume_mm3']:.1f}", "ref_volume_mm3": f"{row['ref_volume_mm3']:.1f}"})
     summary = summarise(rows, card["labels"])
     title = f"{model_label(card, model)} on {Path(dataset).name} ({cases}, {len(selected)} cases)"
     markdown = markdown_table(summary, title)
@@ -161,7 +173,7 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
     result = {"model": card["name"], "version": card["version"], "architecture": card["architecture"]["name"],
               "dataset": str(dataset), "cases": cases, "num_cases": len(selected), "case_names": [c.name for c in selected],
               "seconds": round(seconds, 1), "grid": "input grid (e2miseg.api.predict)", "tta": tta,
-              "labels": summary}
+              "labels": summary, "volumes_mm3": volumes}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     box_plot(rows, card["labels"], out / "boxplot.png", title)
     result["markdown"] = markdown

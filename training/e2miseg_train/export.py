@@ -15,6 +15,8 @@ import torch
 from e2miseg.checkpoint import read_checkpoint, save_checkpoint
 from e2miseg.store import record_hash
 
+from .volumes import markdown_section, put_ranges, ranges_from_summary
+
 
 def _run_state(run: Path) -> dict[str, Any]:
     state_path = run / "state.pt"
@@ -49,8 +51,12 @@ def build_export_card(run: Path, card: dict[str, Any], metrics: dict[str, Any] |
     if metrics:
         provenance["validation"] = {
             "cases": metrics["num_cases"], "split": metrics["cases"], "grid": metrics["grid"],
-            "per_label": {label: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+            "per_label": {label: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
+                                  if not k.endswith("_volume_mm3")}
                           for label, s in metrics["labels"].items()}}
+        # the reference volumes' range per label, which e2miseg.plausibility warns outside of (volumes.py says
+        # why reference, not predicted); a summary.json from before evaluate recorded volumes gives none
+        put_ranges(card, ranges_from_summary(metrics, card["labels"]))
     return card
 
 
@@ -76,6 +82,8 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, cu
              ""]
     if metrics:
         lines += ["## Validation (engine inference on the input grid, as in Slicer)", "", metrics["markdown"]]
+    if markdown_section(card):
+        lines += [markdown_section(card)]
     if comparison:
         lines += ["## Comparison", "", comparison]
     if notes:
