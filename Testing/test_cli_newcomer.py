@@ -94,6 +94,7 @@ def test_models_info_is_a_short_summary_and_json_is_the_whole_card(capsys):
     for expected in ("Segments:", "Anterior hippocampus", "#", "Inputs:", "MRI (T1-weighted MPRAGE) (MR)", "Spacing:", "Defaults:",
                      "Validation:", "Dice", "Licence:", "Provenance:"):
         assert expected in text
+    assert "Volumes:    Anterior hippocampus  1192-2593 mm³ on validation" in text  # the plausibility range (issue 21)
     assert main(["models", "info", "e2miseg-hippocampus", "--json"]) == 0
     card = json.loads(capsys.readouterr().out)
     assert card["provenance"]["split"]["val_cases"] and card["preprocessing"] and card["defaults"]["comparison"]

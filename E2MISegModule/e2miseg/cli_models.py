@@ -88,6 +88,10 @@ def info_text(stored, card: dict[str, Any]) -> str:
         for name, scores in validation.get("per_label", {}).items():
             lines.append(f"{'':12}{name.ljust(width)}  Dice {scores.get('dice_mean', float('nan')):.3f}  "
                          f"HD95 {scores.get('hd95_mm_mean', float('nan')):.2f} mm")
+    ranges = [(label["name"], label["validation_volume_mm3"]) for label in card["labels"] if "validation_volume_mm3" in label]
+    for i, (name, r) in enumerate(ranges):  # what e2miseg.plausibility compares each result with
+        lines.append(f"{'Volumes:' if i == 0 else '':12}{name}  {r['min']:.0f}-{r['max']:.0f} mm³ on validation"
+                     + ("; results far outside are reported" if i == len(ranges) - 1 else ""))
     lines.append(f"{'Licence:':12}{card['license']}")
     training = prov.get("training", {})
     source = [f"dataset {prov['dataset']}" if prov.get("dataset") else None,
