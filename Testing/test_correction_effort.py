@@ -233,3 +233,25 @@ def test_the_effect_robot_moves_on_when_a_stroke_changes_nothing_and_stops_when_
     assert [s["region_voxels"] for s in result.strokes] == [64, 27]
     assert [s["changed_voxels"] for s in result.strokes] == [0, 0]
     assert result.count == 2 and not result.reached
+
+
+@pytest.mark.parametrize("name", ["correction_effort", "uncertainty_ranking"])
+def test_docs_quote_the_results_on_disk(name):
+    """docs/edges.md shows the tables the benchmarks last wrote (each run refreshes its block)."""
+    import bench_common
+
+    page = (BENCHMARKS.parent / "docs" / "edges.md").read_text(encoding="utf-8")
+    block = page.split(f"<!-- {name}:start -->", 1)[1].split(f"<!-- {name}:end -->", 1)[0].strip()
+    assert block == bench_common.quoted_results(name), f"run benchmarks/{name}.py (or bench_common.quote_results_in_page)"
+    assert "| model |" in block
+
+
+def test_quoting_replaces_only_the_marked_block(tmp_path):
+    import bench_common
+
+    (tmp_path / "demo.md").write_text("# demo\n\n| a |\n|---|\n| 0.91 |\n", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- demo:start -->\nold\n<!-- demo:end -->\nafter\n", encoding="utf-8")
+    assert bench_common.quote_results_in_page("demo", page, tmp_path)
+    assert page.read_text(encoding="utf-8") == "before\n<!-- demo:start -->\n| a |\n|---|\n| 0.91 |\n<!-- demo:end -->\nafter\n"
+    assert not bench_common.quote_results_in_page("demo", page, tmp_path)  # already current

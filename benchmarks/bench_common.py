@@ -171,3 +171,27 @@ def update_model_results(name: str, model: str, entry: dict[str, Any], render: C
     tmp.replace(json_path)
     md_path.write_text(text, encoding="utf-8")
     return text
+
+
+def quoted_results(name: str, folder: Path = RESULTS) -> str:
+    """``<name>.md`` without its title line: what a docs page quotes between its markers."""
+    lines = (folder / f"{name}.md").read_text(encoding="utf-8").strip().splitlines()
+    return "\n".join(lines[1:]).strip()
+
+
+def quote_results_in_page(name: str, page: Path, folder: Path = RESULTS) -> bool:
+    """Replace the block between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in ``page`` with the
+    results file, so the page shows what is on disk after every rerun; True when the page changed.
+    A page without the markers is left alone."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if not page.is_file():
+        return False
+    text = page.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{quoted_results(name, folder)}\n{end}{tail}"
+    if new != text:
+        page.write_text(new, encoding="utf-8")
+    return new != text

@@ -28,6 +28,7 @@ from validation_predictions import (DATA, DEFAULT_CACHE, ROOT, BenchmarkInputErr
                                     load_cases, model_path)
 
 RESULTS = ROOT / "benchmarks" / "results"
+DOCS_PAGE = ROOT / "docs" / "edges.md"  # quotes the table between <!-- NAME:start/end --> markers
 NAME = "correction_effort"
 AFTER = (1, 3, 5)
 
@@ -44,13 +45,16 @@ def summarise(runs: list[dict]) -> dict:
             "mean_strokes": float(np.mean([r["strokes_used"] if r["reached"] else MAX_STROKES for r in mine])),
             "reached": int(sum(r["reached"] for r in mine)),
             **{f"dice_after_{k}": float(np.mean([r["dice"][min(k, len(r["dice"]) - 1)] for r in mine])) for k in AFTER},
+            "dice_end": float(np.mean([r["dice"][-1] for r in mine])),
             "median_s_per_stroke": float(np.median(seconds)) if seconds else 0.0,
             "strokes": len(seconds),
             "strokes_changing_nothing": int(sum(s["changed_voxels"] == 0 for r in mine for s in r["strokes"])),
         }
     paint, effect = summary["paint"]["mean_strokes"], summary["effect"]["mean_strokes"]
     summary["effect_to_paint_strokes"] = effect / paint if paint else float("nan")
-    summary["goal_half_the_strokes"] = bool(effect <= 0.5 * paint)
+    # when neither tool ever reached the target, both counts are the cap and their ratio says nothing
+    summary["ratio_meaningful"] = bool(summary["paint"]["reached"] or summary["effect"]["reached"])
+    summary["goal_half_the_strokes"] = bool(effect <= 0.5 * paint) and summary["ratio_meaningful"]
     summary["goal_under_1_s"] = bool(summary["effect"]["median_s_per_stroke"] < 1.0)
     return summary
 
@@ -85,7 +89,7 @@ def run_model(name: str, count: int, data: Path, cache: Path, radius_mm: float |
 def markdown(results: dict) -> str:
     lines = ["# Correction effort, simulated (robot corrector)", "",
              "Strokes until the mean Dice over the model's labels reaches 0.95 against the reference (at most 20; a case "
-             "that never reaches it counts 20), starting from the model's output with its card's defaults on validation "
+             "that never reaches it counts 20; Dice after k strokes is the last Dice where the robot stopped sooner), starting from the model's output with its card's defaults on validation "
              "cases of its card's split. Each stroke: one sphere brush (radius in the table; by default the effect's default "
              "brush radius) at the voxel of the largest connected error region (per label, missed and extra voxels apart, "
              "26-connected) farthest from that region's border. `paint` = Segment Editor Paint (missed) or Erase (extra) "
@@ -93,22 +97,25 @@ def markdown(results: dict) -> str:
              "stroke that changes nothing is not repeated (its region is passed over from then on). Time per stroke is the "
              "tool's own work on the CPU (1 thread). Definitions: `benchmarks/robot_corrector.py`.", "",
              "| model | brush radius | tool | cases | Dice at start | mean strokes | reached 0.95 | Dice after 1 | after 3 | "
-             "after 5 | median time per stroke | strokes that changed nothing |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "after 5 | Dice at the end | median time per stroke | strokes that changed nothing |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(results["models"]):
         entry = results["models"][name]
+        summary = summarise(entry["runs"])  # from the per-stroke records, so the table follows these definitions
         for tool in TOOLS:
-            s = entry["summary"][tool]
+            s = summary[tool]
             lines.append(f"| {entry['model']} | {entry['brush_radius_mm']:g} mm | {tool} | {s['cases']} | {s['dice_start']:.3f} | "
                          f"{s['mean_strokes']:.1f} | {s['reached']}/{s['cases']} | {s['dice_after_1']:.3f} | "
-                         f"{s['dice_after_3']:.3f} | {s['dice_after_5']:.3f} | {1000 * s['median_s_per_stroke']:.1f} ms | "
+                         f"{s['dice_after_3']:.3f} | {s['dice_after_5']:.3f} | {s['dice_end']:.3f} | {1000 * s['median_s_per_stroke']:.1f} ms | "
                          f"{s['strokes_changing_nothing']}/{s['strokes']} |")
     lines += ["", "| model | effect/paint strokes | effect needs at most half the strokes | effect under 1 s per stroke | brush radius | effect strength |",
               "|---|---|---|---|---|---|"]
     for name in sorted(results["models"]):
         entry = results["models"][name]
-        s = entry["summary"]
-        lines.append(f"| {entry['model']} | {s['effect_to_paint_strokes']:.2f} | {'yes' if s['goal_half_the_strokes'] else 'no'} | "
+        s = summarise(entry["runs"])
+        ratio = f"{s['effect_to_paint_strokes']:.2f}" if s.get("ratio_meaningful", True) else "n/a (neither reached 0.95)"
+        half = ("yes" if s["goal_half_the_strokes"] else "no") if s.get("ratio_meaningful", True) else "no (never reached 0.95)"
+        lines.append(f"| {entry['model']} | {ratio} | {half} | "
                      f"{'yes' if s['goal_under_1_s'] else 'no'} | {entry['brush_radius_mm']:g} mm | {entry['effect_strength']:g} |")
     lines += ["", "Commands (from the repository root):", ""]
     for name in sorted(results["models"]):
@@ -136,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     entry["command"] = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/correction_effort.py " + \
         " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-    from bench_common import update_model_results
+    from bench_common import quote_results_in_page, update_model_results
 
     key = args.model if args.radius_mm is None else f"{args.model} radius {args.radius_mm:g} mm"
     text = update_model_results(NAME, key, entry, markdown, args.results)
+    if args.results == RESULTS:
+        quote_results_in_page(NAME, DOCS_PAGE)
     print(text)
     return 0
 

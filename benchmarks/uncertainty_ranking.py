@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from validation_predictions import DATA, DEFAULT_CACHE, ROOT, BenchmarkInputError, load_cases  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+DOCS_PAGE = ROOT / "docs" / "edges.md"  # quotes the table between <!-- NAME:start/end --> markers
 NAME = "uncertainty_ranking"
 TOP = 5
 
@@ -115,6 +116,9 @@ def summarise(rows: list[dict]) -> dict:
             "top_over_random": top / random_mean if random_mean else float("nan"),
             "top_beats_every_repeat": bool(all(top > p for p in per_repeat)),
             "band_share": float(np.mean([r["band_share"] for r in rows])),
+            # how much of what the button shows is wrong: errors inside the top 5 over their voxels (pooled)
+            "top_precision": float(sum(r["top_share"] * r["error_voxels"] for r in rows)
+                                   / max(1, sum(sum(r["region_voxels"]) for r in rows))),
             "mean_regions": float(np.mean([r["regions"] for r in rows])),
             "mean_top5_voxels": float(np.mean([sum(r["region_voxels"]) for r in rows])),
             "mean_error_voxels": float(np.mean([r["error_voxels"] for r in rows]))}
@@ -128,14 +132,15 @@ def markdown(results: dict) -> str:
              "random boundary voxel; mean and SD over repeats of the per-case mean). Predictions: card defaults on "
              "validation cases of the card's split. Definitions: `benchmarks/uncertainty_ranking.py`.", "",
              "| model | cases | error voxels per case | top 5 regions: voxels | share in top 5 | share in random 5 (mean ± SD) | "
-             "random min–max | top / random | errors within 2 mm of the boundary |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "random min–max | top / random | top 5 voxels that are errors | errors within 2 mm of the boundary |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(results["models"]):
         entry = results["models"][name]
-        s = entry["summary"]
+        s = summarise(entry["rows"])  # from the per-case rows, so the table follows these definitions
         lines.append(f"| {entry['model']} | {s['cases']} | {s['mean_error_voxels']:.0f} | {s['mean_top5_voxels']:.0f} | "
                      f"{100 * s['top_share']:.1f} % | {100 * s['random_share_mean']:.1f} ± {100 * s['random_share_sd']:.1f} % | "
                      f"{100 * s['random_share_min']:.1f}–{100 * s['random_share_max']:.1f} % | {s['top_over_random']:.2f} | "
+                     f"{100 * s['top_precision']:.1f} % | "
                      f"{100 * s['band_share']:.1f} % |")
     lines += ["", "Commands (from the repository root):", ""]
     for name in sorted(results["models"]):
@@ -172,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
              "seed": args.seed, "summary": summarise(rows), "rows": rows,
              "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/uncertainty_ranking.py "
                         + " ".join(argv if argv is not None else sys.argv[1:])}
-    from bench_common import update_model_results
+    from bench_common import quote_results_in_page, update_model_results
 
     print(update_model_results(NAME, args.model, entry, markdown, args.results))
+    if args.results == RESULTS:
+        quote_results_in_page(NAME, DOCS_PAGE)
     return 0
 
 
