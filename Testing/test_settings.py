@@ -18,7 +18,7 @@ from helpers import make_card
     ({"batch_size": 0}, r"^batch_size \(--batch-size\) 0 is outside 1\.\.4096;"),
     ({"batch_size": 2.5}, r"^batch_size \(--batch-size\) must be a whole number in 1\.\.4096, not 2\.5;"),
     ({"quality": "best"}, r"^quality \(--quality\) 'best' is not one of fast, normal, normal\+tta;"),
-    ({"edge_method": "crf"}, r"^edge_method \(--edge-method\) 'crf' is not one of meanfield, guided, geodesic;"),
+    ({"edge_method": "crf"}, r"^edge_method \(--edge-method\) 'crf' is not one of meanfield, guided, geodesic, learned;"),
     ({"device": "gpu"}, r"^device \(--device\) 'gpu' is not one of auto, cpu, cuda, mps or cuda:N;"),
     ({"keep_largest": "yes"}, r"^keep_largest \(--keep-largest\) must be true or false, not 'yes';"),
     ({"edge_strength": float("nan")}, r"^edge_strength \(--edge-strength\) nan is outside 0\.\.1;"),

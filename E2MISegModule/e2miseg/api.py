@@ -63,7 +63,8 @@ def _check_model_reference(value: Any, caller: str) -> None:
 def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a checkpoint by store name or path; return the network (eval mode, on ``device``) and its card.
 
-    The card is also attached as ``model.card`` so ``predict(images, model)`` needs nothing else.
+    The card is also attached as ``model.card`` so ``predict(images, model)`` needs nothing else, and
+    the model's learned boundary refiner (if its file has one) as ``model.refiner``.
     """
     _check_model_reference(name_or_path, "load_model")
     stored = resolve(name_or_path)
@@ -72,6 +73,9 @@ def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> tuple[t
     load_weights_into(model, tensors, stored.path.name)
     model = model.to(resolve_device(device)).eval()
     model.card = card
+    from .refiner_part import load_refiner
+
+    model.refiner = load_refiner(tensors, card, stored.path.name)  # None without one; refused if tampered
     model.weights_sha256 = stored.sha256 or sha256_of(stored.path)  # keys the OpenVINO conversion cache
     return model, card
 
@@ -149,7 +153,7 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
         reporter.report("postprocess", 0, 1)
         labels = sink.image()
         del sink
-    labels = finish_labels(labels, card, chosen, keep_image, probability_map)
+    labels = finish_labels(labels, card, chosen, keep_image, probability_map, getattr(model, "refiner", None))
     from .plausibility import plausibility_warning
 
     warning = plausibility_warning(labels, card)

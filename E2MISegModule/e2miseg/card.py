@@ -135,6 +135,19 @@ CARD_SCHEMA: dict[str, Any] = {
         # the model's own run settings (keep largest, islands, edge refinement, quality), chosen on its
         # validation split by `e2miseg-train choose-defaults`, with the comparison that chose them
         "defaults": card_defaults_schema(),
+        # the learned boundary refiner stored in the same file under "refiner." (e2miseg.refiner_part)
+        "refiner": {
+            "type": "object",
+            "required": ["architecture", "config", "weights_sha256"],
+            "properties": {
+                "architecture": {"const": "boundary-refiner"},
+                "config": {"type": "object"},
+                "weights_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "training": {"type": "object"},
+                "evaluation": {"type": "object"},
+            },
+            "additionalProperties": False,
+        },
         "provenance": {"type": "object"},
         "license": {"type": "string", "minLength": 1},
         "attribution": {"type": "string"},
@@ -185,6 +198,9 @@ def validate_card(card: Any) -> dict[str, Any]:
         Settings.from_card(card)
     except SettingsError as exc:
         raise CheckpointError(f"model card field 'defaults': {exc}; fix the card or re-export the checkpoint") from None
+    if (card.get("defaults") or {}).get("edge_method") == "learned" and not card.get("refiner"):
+        raise CheckpointError("model card field 'defaults/edge_method': 'learned' needs a learned refiner in the file; "
+                              "attach one with `e2miseg-train attach-refiner` or choose a classical method")
     has_global = "normalization" in card["preprocessing"]
     if not has_global and not all("normalization" in ch for ch in card["channels"]):
         raise CheckpointError("model card field 'preprocessing/normalization': give a normalization for all channels or one per channel")

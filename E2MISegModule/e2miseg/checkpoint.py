@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # torch is imported lazily: reading a card must not cost a to
     import torch
 
 CARD_METADATA_KEY = "e2miseg_card"
+# Tensors of the model's learned boundary refiner share the file under this prefix (e2miseg.refiner_part);
+# the network's own weights never start with it.
+REFINER_PREFIX = "refiner."
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header of a few thousand tensors is well under 1 MB
 MAX_CARD_BYTES = 1024 * 1024  # a real card is a few kB; a bigger one is a parser attack, not a model
 MAX_CARD_DEPTH = 32  # the schema nests 5 levels; deep nesting would only exhaust recursion downstream
@@ -204,7 +207,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def load_weights_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], name: str) -> None:
-    """Copy checkpoint tensors into a freshly built model, naming any mismatch."""
+    """Copy checkpoint tensors into a freshly built model, naming any mismatch.
+
+    A learned refiner's tensors (``REFINER_PREFIX``) are not the network's and are left out here.
+    """
+    tensors = {key: value for key, value in tensors.items() if not key.startswith(REFINER_PREFIX)}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -29,9 +29,14 @@ def add_refine_parser(sub) -> None:
     r.add_argument("--labels", nargs="+", default=None, help="refine only these label values or segment names (others stay bit-identical)")
     r.add_argument("--roi", default=None, help="refine only inside this box: i0,j0,k0,i1,j1,k1 (voxels, inclusive) or with --roi-space lps, mm")
     r.add_argument("--roi-space", choices=["ijk", "lps"], default="ijk", help="coordinates of --roi (default ijk voxel indices of the segmentation)")
-    r.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help=f"0 (off) .. 1 (default {DEFAULT_STRENGTH})")
-    r.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD, help=f"refinement method (default {DEFAULT_METHOD})")
-    r.add_argument("--band-mm", type=float, default=DEFAULT_BAND_MM, help=f"how far from an edge voxels may change (default {DEFAULT_BAND_MM} mm)")
+    r.add_argument("--model", default=None, help="the model the segmentation is of (store name or .safetensors): its learned "
+                   "boundary refiner is used when it has one; label values are the model's")
+    r.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                   help=f"0 (off) .. 1 (default {DEFAULT_STRENGTH}); the learned refiner only uses 0 = off")
+    r.add_argument("--method", choices=METHOD_NAMES, default=None,
+                   help=f"refinement method (default: learned when --model has a learned refiner, else {DEFAULT_METHOD})")
+    r.add_argument("--band-mm", type=float, default=None, help=f"how far from an edge voxels may change (default: the "
+                   f"learned refiner's training band, else {DEFAULT_BAND_MM} mm)")
     r.add_argument("--uncertainty", default=None, help="also write the boundary uncertainty map here and its ranked regions (.regions.json)")
     r.set_defaults(func=cmd_refine)
 
@@ -62,10 +67,17 @@ def cmd_refine(args) -> int:
     image_path, segmentation_path, output = Path(args.image), Path(args.segmentation), Path(args.output)
     check_refine_paths(image_path, segmentation_path, output, args.uncertainty)
     from .edges import EdgeOptions
+    from .edges.defaults import DEFAULT_METHOD, LEARNED_METHOD
     from .edges.files import parse_roi, refine_file
 
     roi = parse_roi(args.roi) if args.roi else None
-    options = EdgeOptions(method=args.method, strength=args.strength, band_mm=args.band_mm)
+    refiner = None
+    if args.model:
+        from .refiner_part import read_refiner
+
+        refiner = read_refiner(args.model)  # refuses a tampered refiner part with a one-line error
+    method = args.method or (LEARNED_METHOD if refiner is not None else DEFAULT_METHOD)
+    options = EdgeOptions(method=method, strength=args.strength, band_mm=args.band_mm, refiner=refiner)
     refine_file(image_path, segmentation_path, output, args.labels, roi, args.roi_space, options, args.uncertainty)
     print(f"wrote {output}", file=sys.stderr)
     return 0

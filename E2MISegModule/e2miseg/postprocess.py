@@ -313,11 +313,12 @@ def clean_labels(label_image: sitk.Image, values: list[int], keep_largest: bool 
 
 
 def finish_labels(labels: sitk.Image, card: dict, settings, image: sitk.Image | None = None,
-                  probabilities: sitk.Image | None = None) -> sitk.Image:
+                  probabilities: sitk.Image | None = None, refiner=None) -> sitk.Image:
     """The steps after the network, as resolved ``settings`` (``e2miseg.settings``) say: edge
     refinement against ``image`` (needs the ``probabilities`` on the input grid), then the largest
     component per label and the removal of small islands.
 
+    ``refiner`` is the model's learned refiner (``model.refiner``), used when the edge method is "learned".
     ``predict`` and ``e2miseg-train choose-defaults`` both call this, so a default chosen on the
     validation split is measured with the code that applies it.
     """
@@ -326,6 +327,7 @@ def finish_labels(labels: sitk.Image, card: dict, settings, image: sitk.Image | 
             raise ValueError("edge refinement needs the image and the class probabilities on the input grid")
         from .edges import refine_prediction
 
-        labels = refine_prediction(image, labels, probabilities, strength=settings.edge_strength, method=settings.edge_method)
+        labels = refine_prediction(image, labels, probabilities, strength=settings.edge_strength, method=settings.edge_method,
+                                   refiner=refiner)
     return clean_labels(labels, [entry["value"] for entry in card["labels"]], bool(settings.keep_largest),
                         float(settings.min_island_mm3 or 0.0))

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .edges.defaults import DEFAULT_METHOD, DEFAULT_STRENGTH, METHOD_NAMES
+from .edges.defaults import DEFAULT_METHOD, DEFAULT_STRENGTH, LEARNED_METHOD, METHOD_NAMES
 from .errors import E2MISegError
 
 QUALITIES = ("fast", "normal", "normal+tta")
@@ -252,6 +252,8 @@ def resolve(explicit: Settings | None, card: Mapping[str, Any] | None) -> Settin
     """The one place a setting is decided: explicit argument > the card's default > the engine's default."""
     chosen = ENGINE_DEFAULTS
     if card is not None:
+        if card.get("refiner"):  # a model that carries a learned refiner refines with it unless told otherwise
+            chosen = chosen.replace(edge_method=LEARNED_METHOD)
         chosen = Settings.from_card(card).over(chosen)
     if explicit is not None:
         chosen = explicit.over(chosen)

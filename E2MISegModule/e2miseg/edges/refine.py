@@ -9,12 +9,13 @@ inside the optional editable region can change; everything else is returned bit-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import E2MISegError
-from .defaults import DEFAULT_BAND_MM, DEFAULT_METHOD, DEFAULT_STRENGTH
+from .defaults import DEFAULT_BAND_MM, DEFAULT_METHOD, DEFAULT_STRENGTH, LEARNED_METHOD, METHOD_NAMES
 from .band import band_mask, bounding_box, margin_voxels, soft_probabilities
 from .methods import METHODS, normalise_image
 from .uncertainty import entropy_map
@@ -30,19 +31,32 @@ MAX_BAND_MM = 100.0  # beyond it the "band" is the whole image: a typo, not a ch
 
 @dataclass
 class EdgeOptions:
+    """How to refine. ``method="learned"`` needs ``refiner`` (a model's ``LearnedRefiner``); it ignores
+    ``strength`` (except 0 = off) and, when ``band_mm`` is None, uses the band it was trained for."""
+
     method: str = DEFAULT_METHOD
     strength: float = DEFAULT_STRENGTH
-    band_mm: float = DEFAULT_BAND_MM
+    band_mm: float | None = None  # None: the method's own (the refiner's training band, else DEFAULT_BAND_MM)
     soft_width_mm: float = SOFT_WIDTH_MM
+    refiner: Any = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise E2MISegError(f"unknown edge refinement method '{self.method}'; use one of {', '.join(METHODS)}")
+        if self.method not in METHOD_NAMES:
+            raise E2MISegError(f"unknown edge refinement method '{self.method}'; use one of {', '.join(METHOD_NAMES)}")
+        if self.method == LEARNED_METHOD and self.refiner is None:
+            raise E2MISegError("edge method 'learned' needs a model with a learned refiner (give --model NAME); "
+                               f"without one use {', '.join(METHODS)}")
         if not 0.0 <= self.strength <= 1.0:
             raise E2MISegError(f"edge strength {self.strength} is outside 0..1; use 0 (off) to 1 (strongest)")
-        if not 0.0 < self.band_mm <= MAX_BAND_MM:  # also refuses NaN, which reached a float-to-int conversion
+        if self.band_mm is not None and not 0.0 < self.band_mm <= MAX_BAND_MM:  # also refuses NaN
             raise E2MISegError(f"edge band (--band-mm) {self.band_mm} mm is outside 0..{MAX_BAND_MM:g} mm (0 excluded); "
                                f"a few mm is typical")
+
+    @property
+    def band(self) -> float:
+        if self.band_mm is not None:
+            return float(self.band_mm)
+        return self.refiner.band_mm if self.method == LEARNED_METHOD else DEFAULT_BAND_MM
 
 
 def refine_label_array(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -78,18 +92,21 @@ def refine_with_uncertainty(image: np.ndarray, labels: np.ndarray, spacing_zyx: 
     locked = ~np.isin(labels, allowed)
     if editable is not None:
         locked |= ~editable
-    changeable = band_mask(labels, spacing_zyx, options.band_mm, selected) & ~locked
-    box = bounding_box(changeable, margin_voxels(options.band_mm + FILTER_MARGIN_MM, spacing_zyx))
+    changeable = band_mask(labels, spacing_zyx, options.band, selected) & ~locked
+    box = bounding_box(changeable, margin_voxels(options.band + FILTER_MARGIN_MM, spacing_zyx))
     if box is None:
         return labels.copy(), uncertainty
     crop_labels = labels[box]
-    if probabilities is None:
+    if options.method == LEARNED_METHOD:
+        # the model's refiner decides from the labels themselves; network probabilities are not its input
+        refined = options.refiner.probabilities(image, labels, spacing_zyx, box, allowed, changeable[box])
+    elif probabilities is None:
         probs = soft_probabilities(crop_labels, allowed, spacing_zyx, options.soft_width_mm)
     else:
         probs = probabilities[(allowed,) + box].astype(np.float32) + 1e-6
         probs /= probs.sum(axis=0, keepdims=True)
-    refine = METHODS[options.method]
-    refined = refine(probs, normalise_image(image[box]), spacing_zyx, options.strength, changeable[box])
+    if options.method != LEARNED_METHOD:
+        refined = METHODS[options.method](probs, normalise_image(image[box]), spacing_zyx, options.strength, changeable[box])
     winner = np.asarray(allowed, dtype=labels.dtype)[refined.argmax(axis=0)]
     result = labels.copy()
     result[box] = np.where(changeable[box], winner, crop_labels)
@@ -123,9 +140,13 @@ def refine_segmentation(image: sitk.Image, labels: sitk.Image, values: list[int]
 
 
 def refine_prediction(image: sitk.Image, labels: sitk.Image, probabilities: sitk.Image,
-                      strength: float | None = None, method: str | None = None) -> sitk.Image:
-    """The pipeline's refinement stage: network probabilities (vector image on the input grid) + image."""
-    options = EdgeOptions(method=method or DEFAULT_METHOD, strength=DEFAULT_STRENGTH if strength is None else strength)
+                      strength: float | None = None, method: str | None = None, refiner: Any = None) -> sitk.Image:
+    """The pipeline's refinement stage: network probabilities (vector image on the input grid) + image.
+
+    ``refiner`` is the model's learned refiner (None if it has none); ``method`` "learned" uses it.
+    """
+    options = EdgeOptions(method=method or DEFAULT_METHOD, strength=DEFAULT_STRENGTH if strength is None else strength,
+                          refiner=refiner)
     probs = np.moveaxis(sitk.GetArrayViewFromImage(probabilities), -1, 0)
     return refine_segmentation(image, labels, probabilities=probs, options=options)
 
