@@ -1,4 +1,5 @@
-"""``e2miseg-train``: plan, fit, evaluate, compare, export, and amend an exported card (choose-defaults, volume-ranges)."""
+"""``e2miseg-train``: plan, fit, evaluate, compare, export, amend an exported card (choose-defaults,
+volume-ranges), and the learned boundary refiner (train-refiner, attach-refiner)."""
 from __future__ import annotations
 
 import argparse
@@ -161,6 +162,20 @@ def cmd_volume_ranges(args) -> int:
     return 0
 
 
+def cmd_train_refiner(args) -> int:
+    from .refiner_cli import train_refiner_command
+
+    return train_refiner_command(args)
+
+
+def cmd_attach_refiner(args) -> int:
+    from .refiner_attach import attach
+
+    attach(args.model, args.refiner, dataset=args.dataset, cases=args.cases, limit=args.limit, out=args.out,
+           report=args.report, defaults=args.defaults, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2miseg-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +301,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="rewrite the checkpoint's card with the ranges (weights unchanged)")
     p.add_argument("--record", action="store_true", help="with --write: refresh the sha256 in the folder's index.json")
     p.set_defaults(func=cmd_volume_ranges)
+
+    p = sub.add_parser("train-refiner", help="train the model's learned boundary refiner on its own predictions over its "
+                                            "training cases and on perturbed references (resumes from OUT/state.pt)")
+    p.add_argument("model", help="the model's .safetensors file (or store name)")
+    p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
+    p.add_argument("--out", required=True, help="run folder (state.pt, train.log, refiner.safetensors)")
+    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget (total over resumes)")
+    p.add_argument("--save-every", type=float, default=3.0, help="minutes between resume states")
+    p.add_argument("--prediction-fraction", type=float, default=0.5,
+                   help="share of samples on the model's own predictions (the rest: perturbed references)")
+    p.add_argument("--band-mm", type=float, help="band the refiner acts in (default 3.5 in-plane voxels)")
+    p.add_argument("--in-plane", choices=["auto", "yes", "no"], default="auto",
+                   help="in-plane kernels (auto: when slices are over twice as thick as the in-plane spacing)")
+    p.add_argument("--width", type=int, default=16, help="channels of the refiner's layers")
+    p.add_argument("--limit-cases", type=int, help="use at most N training cases (quick runs)")
+    p.add_argument("--predictions", help="cache folder of the model's predictions (default OUT/predictions)")
+    p.set_defaults(func=cmd_train_refiner)
+
+    p = sub.add_parser("attach-refiner", help="measure a trained refiner on the validation split (Dice, HD95, ASSD with "
+                                             "vs without; damaged references) and store it in the model file with the figures")
+    p.add_argument("model", help="the model's .safetensors file")
+    p.add_argument("refiner", help="a train-refiner run folder or its refiner.safetensors")
+    p.add_argument("--dataset", help="the dataset folder (default: the card's provenance dataset_path)")
+    p.add_argument("--cases", default="card", help="card (the model's validation cases), val, or comma-separated names")
+    p.add_argument("--limit", type=int, help="measure on at most N cases (a quick look; the card should use them all)")
+    p.add_argument("--out", help="write the model with its refiner here (default: in place)")
+    p.add_argument("--report", help="folder for refiner.json / refiner.md")
+    p.add_argument("--defaults", choices=["auto", "on", "off"], default="auto",
+                   help="refinement on by default in the card: auto = only where every target holds")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_attach_refiner)
 
     p = sub.add_parser("compare", help="pair two `evaluate` results case by case: Dice difference, 95 %% CI, Wilcoxon p")
     p.add_argument("first", help="evaluate folder (or its per_case.csv) of model A")

@@ -208,7 +208,7 @@ def choose_defaults(model: str, dataset: str | Path | None = None, out: str | Pa
             if quality != "normal":
                 continue
             for settings in candidates:
-                finished = finish_labels(labels, card, settings, channels[0], probabilities)
+                finished = finish_labels(labels, card, settings, channels[0], probabilities, getattr(network, "refiner", None))
                 post_scores.setdefault(candidate_name(settings), {})[case.name] = case_scores(
                     sitk.GetArrayFromImage(finished), reference, card["labels"], spacing_zyx)
         del channels, labels, probabilities
