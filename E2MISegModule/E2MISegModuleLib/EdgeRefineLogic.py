@@ -24,7 +24,7 @@ import vtk
 from vtk.util import numpy_support
 
 from e2miseg.edges import EdgeOptions, box_mask_ijk, refine_label_array, refine_with_uncertainty, uncertain_regions
-from e2miseg.edges.defaults import DEFAULT_STRENGTH
+from e2miseg.edges.defaults import DEFAULT_STRENGTH, LEARNED_METHOD
 from e2miseg.errors import E2MISegError
 
 from .SegmentationImport import (LABEL_TAG, LPS_TO_RAS, exportSegmentsToArray, ijkToRas, maskToOrientedImage, segmentIdsOf,
@@ -71,6 +71,32 @@ def regionSegmentNames(segmentationNode, region: dict[str, Any]) -> list[str]:
                    for s in segmentIdsOf(segmentationNode)}
         segments = [byValue.get(str(v)) for v in region.get("labels", [])]
     return [segment.GetName() if segment is not None else "" for segment in segments]
+
+
+UNKNOWN_LABEL = 255  # other segments without a model label: locked, and no class the refiner knows
+
+
+def modelLabelValue(segmentationNode, segmentId: str, refiner) -> Optional[int]:
+    """The model's label value of a segment (its E2MISeg tag; for a one-label model any segment), else None."""
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    tag = segmentTag(segment, LABEL_TAG)
+    classes = refiner.network.num_classes
+    if tag and str(tag).isdigit() and 0 < int(tag) < classes:
+        return int(tag)
+    return 1 if classes == 2 and not tag else None
+
+
+def modelLabelMap(logic, segmentationNode, segmentIds: Sequence[str], volumeNode, scene, refiner) -> np.ndarray:
+    """(k, j, i) uint8 map of ``segmentIds`` in the model's label values on the volume's grid (UNKNOWN_LABEL for
+    segments without one)."""
+    dims = volumeNode.GetImageData().GetDimensions()
+    labels = np.zeros(dims[::-1], dtype=np.uint8)
+    for segmentId in segmentIds:
+        mask = exportSegmentsToArray(logic, segmentationNode, [segmentId], volumeNode, scene) > 0
+        tag = segmentTag(segmentationNode.GetSegmentation().GetSegment(segmentId), LABEL_TAG)
+        known = tag is not None and tag.isdigit() and 0 < int(tag) < refiner.network.num_classes
+        labels[mask] = int(tag) if known else UNKNOWN_LABEL
+    return labels
 
 
 def jumpSlicesToRas(scene, ras: Sequence[float]) -> None:
@@ -125,11 +151,16 @@ class EdgeRefineLogic:
 
     def refineSegments(self, segmentationNode, sourceVolumeNode, segmentIds: Sequence[str], roiNode=None,
                        ijkBox: Optional[Sequence[float]] = None, strength: Optional[float] = None,
-                       method: Optional[str] = None) -> dict[str, int]:
+                       method: Optional[str] = None, refiner=None) -> dict[str, int]:
         """Refine each segment's edges against ``sourceVolumeNode``; return changed voxels per segment.
 
         Only the listed segments change; every other segment keeps its voxels bit for bit, and the
         refined segment neither grows into them nor is cut by them. One undo state covers the call.
+
+        ``refiner`` (the model's learned refiner, ``E2MISegLogic.modelRefiner``) is used, unless a
+        classical ``method`` is asked for, on segments that carry one of the model's label values
+        (segments the model made, or the only structure of a one-label model); others get the
+        classical method.
         """
         scene = segmentationNode.GetScene()
         logic = self._logicFor(scene)
@@ -137,7 +168,8 @@ class EdgeRefineLogic:
         guide = np.asarray(imageArray(image), dtype=np.float32)
         spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
         editable = self.editableMask(sourceVolumeNode, roiNode, ijkBox)
-        options = EdgeOptions(strength=DEFAULT_STRENGTH if strength is None else strength, **({"method": method} if method else {}))
+        options = EdgeOptions(strength=DEFAULT_STRENGTH if strength is None else strength,
+                              **({"method": method} if method and method != LEARNED_METHOD else {}))
         allIds = segmentIdsOf(segmentationNode)
         missing = [s for s in segmentIds if s not in allIds]
         if missing:
@@ -148,14 +180,23 @@ class EdgeRefineLogic:
         matrix = ijkToRas(sourceVolumeNode)
         before: dict[str, Any] = {}
         changed: dict[str, int] = {}
+        useLearned = refiner is not None and method in (None, LEARNED_METHOD)
         for segmentId in segmentIds:
             target = exportSegmentsToArray(logic, segmentationNode, [segmentId], sourceVolumeNode, scene) > 0
             others = [s for s in allIds if s != segmentId]
-            occupied = exportSegmentsToArray(logic, segmentationNode, others, sourceVolumeNode, scene) > 0 if others else None
-            labels = target.astype(np.uint8)
-            if occupied is not None:
-                labels[occupied & ~target] = 2  # locked: the refinement neither enters nor moves other segments
-            refined = refine_label_array(guide, labels, spacing, values=[1], editable=editable, options=options) == 1
+            value = modelLabelValue(segmentationNode, segmentId, refiner) if useLearned else None
+            if value is not None:
+                labels = modelLabelMap(logic, segmentationNode, others, sourceVolumeNode, scene, refiner)
+                labels[target] = value  # the other segments are context for the refiner, and locked
+                learned = EdgeOptions(method=LEARNED_METHOD, strength=options.strength, refiner=refiner)
+                refined = refine_label_array(guide, labels, spacing, values=[value], editable=editable, options=learned) == value
+            else:
+                occupied = exportSegmentsToArray(logic, segmentationNode, others, sourceVolumeNode, scene) > 0 if others else None
+                labels = target.astype(np.uint8)
+                if occupied is not None:
+                    labels[occupied & ~target] = 2  # locked: the refinement neither enters nor moves other segments
+                classical = options if options.method != LEARNED_METHOD else EdgeOptions(strength=options.strength)
+                refined = refine_label_array(guide, labels, spacing, values=[1], editable=editable, options=classical) == 1
             changed[segmentId] = int((refined != target).sum())
             if not changed[segmentId]:
                 continue

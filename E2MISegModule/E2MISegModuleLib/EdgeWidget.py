@@ -1,7 +1,7 @@
 """The module widget's Edges section (application only: Qt, dialogs).
 
 "Refine edges" / "Undo refinement" for the selected segments of the output segmentation (optionally
-inside an ROI), the boundary-uncertainty overlay as the slice views' foreground, and "Next uncertain
+inside an ROI; with the selected model's learned boundary refiner when it has one, else the classical method), the boundary-uncertainty overlay as the slice views' foreground, and "Next uncertain
 edge". The work is done on MRML by ``EdgeRefineLogic`` (tested on slicer-core); this class reads the
 controls, calls it, and says what happened.
 """
@@ -105,8 +105,10 @@ class EdgeWidget(VTKObservationMixin):
             segmentIds = segmentsToRefine(segmentation, self.ui.edgeSegmentsTableView.selectedSegmentIDs())
             roi = self.parameterNode.edgeRoi
             volume = sourceVolumeFor(segmentation, self.parameterNode.inputVolume)
+            # the selected model's learned refiner when it has one (classical refinement otherwise)
+            refiner = self.logic.modelRefiner(self.parameterNode.model) if self.parameterNode.model else None
             changed = edgeLogic.refineSegments(segmentation, volume, segmentIds, roiNode=roi,
-                                               strength=self.parameterNode.refineStrength)
+                                               strength=self.parameterNode.refineStrength, refiner=refiner)
             names = ", ".join(segmentation.GetSegmentation().GetSegment(s).GetName() for s in segmentIds)
             where = _(" inside {roi}").format(roi=roi.GetName()) if roi else ""
             self.ui.edgeStatusLabel.text = _("Refined {segments}{where}: {voxels} voxels changed.").format(

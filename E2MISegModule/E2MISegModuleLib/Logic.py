@@ -149,6 +149,22 @@ class E2MISegLogic:
         self._loadedModel: Optional[tuple[tuple[str, str], Any]] = None
         self._lastRun: Optional[tuple[Any, bool, Any]] = None
         self._edgeLogic = None
+        self._refiner: Optional[tuple[tuple[str, int], Any]] = None
+
+    def modelRefiner(self, model: Union[str, os.PathLike, None]):
+        """The learned boundary refiner of ``model`` (None when it has none or no model is given), loaded once
+        per file version. A tampered refiner part raises ``CheckpointError`` (one line naming the fix)."""
+        if not model:
+            return None
+        path, card = self.modelCard(model)
+        if not card.get("refiner"):
+            return None
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if self._refiner is None or self._refiner[0] != key:
+            from e2miseg.refiner_part import read_refiner  # torch: only for models that carry a refiner
+
+            self._refiner = (key, read_refiner(path))
+        return self._refiner[1]
 
     @property
     def edgeLogic(self):
