@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the model's .safetensors file (or store name)")
     p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
     p.add_argument("--out", required=True, help="run folder (state.pt, train.log, refiner.safetensors)")
-    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--iterations", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -31,14 +31,14 @@ CONFIG_METADATA_KEY = "e2miseg_refiner"
 @dataclass
 class RefinerOptions:
     out: str
-    iterations: int = 1500
+    iterations: int = 1200
     batch_size: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_iters: int = 20
     seed: int = 0
     prediction_fraction: float = 0.5  # share of samples whose input is the model's own prediction
-    core_voxels: int = 24  # loss region of a 3D patch (in-plane patches: 4 slices of 2x this)
+    core_voxels: int = 16  # loss region of a 3D patch (in-plane patches: 4 slices of 2x this); 30³ inputs with the halo
     save_every_minutes: float = 3.0
     max_minutes: float | None = None
     threads: int | None = None
