@@ -190,3 +190,21 @@ def test_short_training_reduces_boundary_error(tmp_path):
     before = binary_metrics(damaged, truth, (1.0, 1.0, 1.0))["assd_mm"]
     after = binary_metrics(fixed, truth, (1.0, 1.0, 1.0))["assd_mm"]
     assert after < 0.7 * before, (before, after)
+
+
+def test_pipeline_refines_with_the_models_refiner(model_files):
+    """``predict(refine_edges=True)`` on a model with a refiner: the learned method by default, on the labels alone."""
+    import SimpleITK as sitk
+
+    from e2miseg.api import load_model, predict
+
+    _, refined, _ = model_files
+    model, card = load_model(refined, "cpu")
+    image = sitk.GetImageFromArray(np.random.default_rng(3).normal(size=(20, 22, 18)).astype(np.float32))
+    plain = sitk.GetArrayFromImage(predict(image, model, refine_edges=False))
+    result = sitk.GetArrayFromImage(predict(image, model, refine_edges=True))
+    expected, _ = refine_with_uncertainty(sitk.GetArrayFromImage(image), plain, (1.0, 1.0, 1.0),
+                                          options=EdgeOptions(method="learned", refiner=model.refiner))
+    assert np.array_equal(result, expected)
+    changed = result != plain
+    assert not (changed & ~band_mask(plain, (1.0, 1.0, 1.0), model.refiner.band_mm)).any()

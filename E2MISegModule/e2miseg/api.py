@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from .checkpoint import load_weights_into, read_checkpoint, sha256_of
+from .edges.defaults import LEARNED_METHOD
 from .errors import CheckpointError
 from .inference import InferenceOptions, Predictor, resolve_device
 from .label_input import check_not_label_map
@@ -137,7 +138,9 @@ def predict(images: ImageInput | Sequence[ImageInput], model: torch.nn.Module | 
                                                          precision=chosen.precision))
     clock.lap("compile")
     probability_map = None
-    if chosen.refine_edges or return_probabilities:
+    # the classical methods refine the network's probabilities; the learned refiner needs only the labels
+    needs_probabilities = return_probabilities or (chosen.refine_edges and chosen.edge_method != LEARNED_METHOD)
+    if needs_probabilities:
         probabilities = predictor.predict(array, reporter)
         del array
         clock.split("infer", predictor)

@@ -68,6 +68,19 @@ def _defaults_line(card: dict[str, Any]) -> str:
     return f"{text}\n{'':12}{source}"
 
 
+def _refiner_line(section: dict[str, Any]) -> str:
+    """The learned boundary refiner in one or two lines: its band and what it measured on validation."""
+    config = section.get("config", {})
+    text = (f"learned boundary refiner ({'in-plane' if config.get('in_plane') else '3D'}, band {config.get('band_mm', '?')} mm)")
+    figures = section.get("evaluation") or {}
+    if figures.get("without") and figures.get("with"):
+        w, r = figures["without"], figures["with"]
+        text += (f"\n{'':12}on {figures.get('cases')} validation cases: ASSD {w['assd_mm']:.3f} -> {r['assd_mm']:.3f} mm, "
+                 f"HD95 {w['hd95_mm']:.2f} -> {r['hd95_mm']:.2f} mm, Dice {w['dice']:.4f} -> {r['dice']:.4f}; "
+                 f"{figures.get('defaults', '')}")
+    return text
+
+
 def info_text(stored, card: dict[str, Any]) -> str:
     """A screenful: what the model segments, what it needs, how good it is, under which licence."""
     prov = card.get("provenance", {})
@@ -80,6 +93,8 @@ def info_text(stored, card: dict[str, Any]) -> str:
     lines.append(f"{'Spacing:':12}" + (" x ".join(f"{s:g}" for s in spacing) + " mm (x, y, z); images are resampled to it"
                                        if spacing else "the image's own"))
     lines.append(f"{'Defaults:':12}{_defaults_line(card)}")
+    if card.get("refiner"):
+        lines.append(f"{'Refiner:':12}{_refiner_line(card['refiner'])}")
     validation = prov.get("validation")
     if validation:
         lines.append(f"{'Validation:':12}{validation.get('cases')} held-out cases ({validation.get('split')}), "

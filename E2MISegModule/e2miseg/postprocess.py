@@ -323,7 +323,8 @@ def finish_labels(labels: sitk.Image, card: dict, settings, image: sitk.Image | 
     validation split is measured with the code that applies it.
     """
     if settings.refine_edges:
-        if image is None or probabilities is None:
+        learned = settings.edge_method == "learned"
+        if image is None or (probabilities is None and not learned):
             raise ValueError("edge refinement needs the image and the class probabilities on the input grid")
         from .edges import refine_prediction
 

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band-mm", type=float, help="band the refiner acts in (default 3.5 in-plane voxels)")
     p.add_argument("--in-plane", choices=["auto", "yes", "no"], default="auto",
                    help="in-plane kernels (auto: when slices are over twice as thick as the in-plane spacing)")
-    p.add_argument("--width", type=int, default=16, help="channels of the refiner's layers")
+    p.add_argument("--width", type=int, default=12, help="channels of the refiner's layers")
     p.add_argument("--limit-cases", type=int, help="use at most N training cases (quick runs)")
     p.add_argument("--predictions", help="cache folder of the model's predictions (default OUT/predictions)")
     p.set_defaults(func=cmd_train_refiner)

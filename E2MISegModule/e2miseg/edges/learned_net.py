@@ -24,7 +24,7 @@ from torch import nn
 
 ARCHITECTURE = "boundary-refiner"
 PRIOR = 1.0  # logit margin of the current label: the residual must be sure to overrule it, yet can learn to
-DEFAULT_CONFIG: dict[str, Any] = {"width": 16, "dilations": [1, 2, 4], "in_plane": False,
+DEFAULT_CONFIG: dict[str, Any] = {"width": 12, "dilations": [1, 2, 4], "in_plane": False,
                                   "distance_clip_mm": 5.0, "band_mm": 3.0}
 
 
@@ -35,7 +35,7 @@ def feature_channels(num_classes: int) -> int:
 class BoundaryRefiner(nn.Module):
     """Residual per-voxel classifier over ``num_classes`` model classes (0 = background)."""
 
-    def __init__(self, num_classes: int, width: int = 16, dilations: list[int] | tuple[int, ...] = (1, 2, 4),
+    def __init__(self, num_classes: int, width: int = 12, dilations: list[int] | tuple[int, ...] = (1, 2, 4),
                  in_plane: bool = False, distance_clip_mm: float = 5.0, band_mm: float = 3.0) -> None:
         super().__init__()
         if num_classes < 2 or width < 1 or not dilations or any(int(d) < 1 for d in dilations):

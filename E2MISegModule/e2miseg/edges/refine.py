@@ -139,15 +139,16 @@ def refine_segmentation(image: sitk.Image, labels: sitk.Image, values: list[int]
     return result
 
 
-def refine_prediction(image: sitk.Image, labels: sitk.Image, probabilities: sitk.Image,
+def refine_prediction(image: sitk.Image, labels: sitk.Image, probabilities: sitk.Image | None,
                       strength: float | None = None, method: str | None = None, refiner: Any = None) -> sitk.Image:
     """The pipeline's refinement stage: network probabilities (vector image on the input grid) + image.
 
-    ``refiner`` is the model's learned refiner (None if it has none); ``method`` "learned" uses it.
+    ``refiner`` is the model's learned refiner (None if it has none); ``method`` "learned" uses it and
+    needs no ``probabilities`` (the pipeline then does not keep them).
     """
     options = EdgeOptions(method=method or DEFAULT_METHOD, strength=DEFAULT_STRENGTH if strength is None else strength,
                           refiner=refiner)
-    probs = np.moveaxis(sitk.GetArrayViewFromImage(probabilities), -1, 0)
+    probs = None if probabilities is None else np.moveaxis(sitk.GetArrayViewFromImage(probabilities), -1, 0)
     return refine_segmentation(image, labels, probabilities=probs, options=options)
 
 
