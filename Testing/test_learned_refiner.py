@@ -208,3 +208,29 @@ def test_pipeline_refines_with_the_models_refiner(model_files):
     assert np.array_equal(result, expected)
     changed = result != plain
     assert not (changed & ~band_mask(plain, (1.0, 1.0, 1.0), model.refiner.band_mm)).any()
+
+
+def test_train_resume_and_attach_commands(tmp_path, capsys):
+    """train-refiner on the model's predictions + perturbed references, resumed; attach-refiner measures and stores it."""
+    from conftest import shared_file
+    from e2miseg.api import load_model
+    from e2miseg_train.cli import main
+
+    data = shared_file("fixtures/Hippocampus_mini")
+    model = make_e2miseg_checkpoint(tmp_path / "model.safetensors")
+    out = tmp_path / "refiner"
+    common = ["train-refiner", str(model), str(data), "--out", str(out), "--threads", "1", "--limit-cases", "2",
+              "--width", "4"]
+    assert main(common + ["--iterations", "2"]) == 0
+    assert len(list((out / "predictions").glob("*.nii.gz"))) == 2  # each training case predicted once and cached
+    assert main(common + ["--iterations", "3"]) == 0
+    assert "resumed from" in (out / "train.log").read_text() and json.loads((out / "history.json").read_text())[-1]["iteration"] == 3
+    attached = tmp_path / "attached.safetensors"
+    assert main(["attach-refiner", str(model), str(out), "--dataset", str(data), "--cases", "hippocampus_004",
+                 "--out", str(attached), "--threads", "1"]) == 0
+    loaded, card = load_model(attached, "cpu")
+    figures = card["refiner"]["evaluation"]
+    assert loaded.refiner is not None and figures["cases"] == 1
+    assert set(figures["perturbed_2_voxels"]) == {"dilate", "erode", "shift"}
+    assert card["defaults"]["edge_method"] == "learned" and card["defaults"]["refine_edges"] == figures["targets_met"]
+    assert card["refiner"]["training"]["iterations"] == 3

@@ -70,13 +70,19 @@ def measure(model, card: dict[str, Any], cases, log: Callable[[str], None] = pri
         reference = sitk.GetArrayFromImage(reference_image)
         spacing = tuple(reference_image.GetSpacing())[::-1]
         timings: dict[str, float] = {}
+        cpu = time.process_time()
         raw, probabilities = predict(channels, model, card, without.replace(keep_largest=False, min_island_mm3=0.0),
                                      return_probabilities=True, timings=timings)
+        predict_cpu = time.process_time() - cpu
         plain = finish_labels(raw, card, without)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         refined = finish_labels(raw, card, with_refiner, channels[0], probabilities, refiner)
+        refine_cpu = time.process_time() - cpu
         refine_seconds = time.perf_counter() - started - _clean_seconds(raw, card, without)
+        # wall seconds decide the target (on a quiet machine); CPU seconds of all threads are kept beside them,
+        # the fair comparison when other jobs share the machine
         row = {"case": case.name, "network_s": timings.get("network", 0.0), "refine_s": max(0.0, refine_seconds),
+               "predict_cpu_s": predict_cpu, "refine_cpu_s": refine_cpu,
                "without": mean_scores(sitk.GetArrayFromImage(plain), reference, values, spacing),
                "with": mean_scores(sitk.GetArrayFromImage(refined), reference, values, spacing), "perturbed": {}}
         image = sitk.GetArrayFromImage(channels[0]).astype(np.float32)
@@ -117,6 +123,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     network = float(sum(r["network_s"] for r in rows))
     refine = float(sum(r["refine_s"] for r in rows))
     cost = round(refine / network, 4) if network > 0 else float("inf")
+    predict_cpu = float(sum(r.get("predict_cpu_s", 0.0) for r in rows))
+    cpu_cost = round(sum(r.get("refine_cpu_s", 0.0) for r in rows) / predict_cpu, 4) if predict_cpu > 0 else float("inf")
     without, with_ = figures["without"], figures["with"]
     checks = {
         "assd_10pct_lower": with_["assd_mm"] <= (1 - TARGETS["assd_reduction"]) * without["assd_mm"],
@@ -126,7 +134,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_cost_15pct": cost <= TARGETS["cost_fraction"],
     }
     return {"cases": len(rows), **figures, "perturbed_2_voxels": perturbed, "network_seconds": round(network, 2),
-            "refine_seconds": round(refine, 2), "cost_fraction": cost, "targets": checks,
+            "refine_seconds": round(refine, 2), "cost_fraction": cost, "cpu_cost_fraction_of_predict": cpu_cost,
+            "targets": checks,
             "targets_met": all(checks.values()), "per_case": rows}
 
 
@@ -140,7 +149,8 @@ def markdown(summary: dict[str, Any], name: str) -> str:
     for operation, p in summary["perturbed_2_voxels"].items():
         lines.append(f"| {operation} | {p['assd_before_mm']:.3f} | {p['assd_after_mm']:.3f} | {100 * p['recovery']:.0f} % |")
     lines += ["", f"CPU: network {summary['network_seconds']} s, refinement {summary['refine_seconds']} s "
-              f"({100 * summary['cost_fraction']:.1f} % of the network).", "",
+              f"({100 * summary['cost_fraction']:.1f} % of the network, wall time; in CPU seconds of all threads "
+              f"{100 * summary['cpu_cost_fraction_of_predict']:.1f} % of the whole prediction).", "",
               "Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in summary["targets"].items()) +
               f". Refinement on by default: {'yes' if summary['targets_met'] else 'no'}.", ""]
     return "\n".join(lines)

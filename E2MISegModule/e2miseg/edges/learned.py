@@ -125,7 +125,7 @@ class LearnedRefiner:
         allowed_index = np.asarray(allowed)
         probs = (crop_labels[np.newaxis] == allowed_index[:, None, None, None]).astype(np.float32)
         tile = (8 if config["in_plane"] else TILE_VOXELS, TILE_VOXELS, TILE_VOXELS)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=refiner_bf16()):
             for core in _tiles(crop_labels.shape, tile):
                 if not changeable[core].any():
                     continue
@@ -138,9 +138,19 @@ class LearnedRefiner:
                 batch = torch.from_numpy(np.ascontiguousarray(window))[None].contiguous(memory_format=torch.channels_last_3d)
                 logits = network(batch)[0]
                 inner = tuple(slice(c.start + o - a, c.stop + o - a) for c, o, a in zip(core, offset, lo))
-                chosen = logits[(allowed_index,) + inner]
+                chosen = logits[(allowed_index,) + inner].float()
                 probs[(slice(None),) + core] = torch.softmax(chosen, dim=0).numpy()
         return probs
+
+
+def refiner_bf16() -> bool:
+    """bfloat16 on CPUs that compute it natively (about 5x faster than float32 for the refiner's convolutions on
+    them, benchmarks/results/refiner_cost.md), as the engine runs its bundled networks there; float32 elsewhere
+    and when E2MISEG_PRECISION=f32 asks for it."""
+    from ..environment import choice
+    from ..runtime import PRECISIONS, native_bf16
+
+    return (choice("E2MISEG_PRECISION", PRECISIONS) or "auto").lower() in ("auto", "bf16") and native_bf16()
 
 
 def _local_statistics(normalization: dict[str, Any]) -> bool:
