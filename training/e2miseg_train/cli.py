@@ -172,7 +172,8 @@ def cmd_attach_refiner(args) -> int:
     from .refiner_attach import attach
 
     attach(args.model, args.refiner, dataset=args.dataset, cases=args.cases, limit=args.limit, out=args.out,
-           report=args.report, defaults=args.defaults, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
+           report=args.report, defaults=args.defaults, threads=args.threads, record=args.record,
+           log=lambda line: print(line, file=sys.stderr))
     return 0
 
 
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defaults", choices=["auto", "on", "off"], default="auto",
                    help="refinement on by default in the card: auto = only where every target holds")
     p.add_argument("--threads", type=int)
+    p.add_argument("--record", action="store_true", help="refresh the file's sha256 in its folder's index.json")
     p.set_defaults(func=cmd_attach_refiner)
 
     p = sub.add_parser("compare", help="pair two `evaluate` results case by case: Dice difference, 95 %% CI, Wilcoxon p")

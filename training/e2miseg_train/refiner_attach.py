@@ -139,9 +139,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "targets_met": all(checks.values()), "per_case": rows}
 
 
-def markdown(summary: dict[str, Any], name: str) -> str:
+def markdown(summary: dict[str, Any], name: str, heading: str = "#") -> str:
     w, r = summary["without"], summary["with"]
-    lines = [f"# Learned boundary refiner of {name}: {summary['cases']} validation cases", "",
+    lines = [f"{heading} Learned boundary refiner of {name}: {summary['cases']} validation cases", "",
              "| | Dice | HD95 (mm) | ASSD (mm) |", "|---|---|---|---|",
              f"| without refinement | {w['dice']:.4f} | {w['hd95_mm']:.3f} | {w['assd_mm']:.3f} |",
              f"| with the learned refiner | {r['dice']:.4f} | {r['hd95_mm']:.3f} | {r['assd_mm']:.3f} |", "",
@@ -158,8 +158,10 @@ def markdown(summary: dict[str, Any], name: str) -> str:
 
 def attach(model_path: str | Path, refiner_path: str | Path, dataset: str | Path | None = None, cases: str = "card",
            limit: int | None = None, out: str | Path | None = None, report: str | Path | None = None,
-           defaults: str = "auto", threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure the refiner with the model, then write the model file (``out``, default in place) with it attached."""
+           defaults: str = "auto", threads: int | None = None, record: bool = False,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the refiner with the model, then write the model file (``out``, default in place) with it attached,
+    a "Learned boundary refiner" section in the Markdown card beside it and (``record``) its sha256 in index.json."""
     import json
 
     import torch
@@ -200,6 +202,13 @@ def attach(model_path: str | Path, refiner_path: str | Path, dataset: str | Path
     joined_card["defaults"] = card_defaults
     target = Path(out or model_path)
     save_checkpoint(target, joined, joined_card)  # tensors keep their dtypes: the network's weights do not change
+    from .amend import replace_markdown_section
+
+    replace_markdown_section(target, "## Learned boundary refiner", markdown(summary, card["name"], "##"))
+    if record:
+        from e2miseg.store import record_hash
+
+        record_hash(target)
     if report:
         folder = Path(report)
         folder.mkdir(parents=True, exist_ok=True)
