@@ -94,12 +94,13 @@ class SegmentationTask:
                 result = self.runner.result()
                 result, probabilities = result if isinstance(result, tuple) else (result, None)
                 labelImage = result if isinstance(result, sitk.Image) else sitk.ReadImage(str(result))
+                warning = self.logic.plausibilityWarning(labelImage, self.card)  # before the scene changes
                 self._report(progressEvent("import", 0, 1))
                 self.segmentationNode = self.logic._importResult(labelImage, self.card, self.inputVolume,
                                                                  self.outputSegmentation)
                 if self.uncertaintyRequested:
                     self.uncertaintyVolume = self.logic._loadRunUncertainty(self, labelImage, probabilities)
-                self.warning = self.logic.plausibilityWarning(labelImage, self.card)
+                self.warning = warning
                 self._report(progressEvent("import", 1, 1))
                 self.logic.log(f"Segmented '{self.inputVolume.GetName()}' with {self.card['name']} "
                                f"in {time.perf_counter() - self.startTime:.1f} s")
