@@ -6,7 +6,10 @@ by where they are: within 5 voxels of the reference ("near": boundary over-exten
 ("far"), on slices where the reference has no foreground ("outside the reference's slices"), and in
 connected components that touch no reference voxel ("stray islands"). Run by hand:
 
-    .venv/bin/python benchmarks/false_positives.py MODEL PLAN.json --name NAME [--cases N]
+    .venv/bin/python benchmarks/false_positives.py MODEL PLAN.json --name NAME [--cases N] [--settings JSON]
+
+``--settings`` overrides the card's defaults (e.g. '{"keep_largest": false, "quality": "normal"}' for the
+network's own output), so each fix can be measured on its own.
 
 Writes benchmarks/results/NAME.{json,md}.
 """
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("plan", help="plan JSON from e2miseg-train plan (dataset and validation split)")
     parser.add_argument("--name", required=True, help="results file stem")
     parser.add_argument("--cases", type=int, help="at most N validation cases")
+    parser.add_argument("--settings", help="JSON of e2miseg.Settings fields that override the card's defaults")
     args = parser.parse_args()
 
     import torch
@@ -66,10 +70,12 @@ def main() -> None:
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
     root = Path(plan["dataset"])
     model, card = e2miseg.load_model(args.model, device="cpu")
+    overrides = json.loads(args.settings) if args.settings else {}
     values = [label["value"] for label in card["labels"]]
     rows = []
     for case in plan["split"]["val"][: args.cases]:
-        prediction = sitk.GetArrayFromImage(e2miseg.predict(str(root / "imagesTr" / f"{case}.nii.gz"), model))
+        labels = e2miseg.predict(str(root / "imagesTr" / f"{case}.nii.gz"), model, **overrides)
+        prediction = sitk.GetArrayFromImage(labels)
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz")))
         rows.append({"case": case, **score_case(prediction, reference, values)})
         print(json.dumps(rows[-1]), flush=True)
@@ -77,10 +83,12 @@ def main() -> None:
                                                           "outside_reference_slices", "stray_islands")}
     mean_dice = {card_label["name"]: statistics.mean(r["dice"][str(card_label["value"])] for r in rows)
                  for card_label in card["labels"]}
-    summary = {"model": f"{card['name']} {card['version']}", "cases": len(rows), "mean_dice": mean_dice,
+    summary = {"model": f"{card['name']} {card['version']}", "cases": len(rows),
+               "settings": overrides or "card defaults", "mean_dice": mean_dice,
                "median_volume_ratio": statistics.median(r["volume_ratio"] for r in rows), "totals": totals}
     fp = max(totals["false_positive"], 1)
-    lines = [f"**{summary['model']}**, {len(rows)} validation cases, card defaults",
+    described = ", ".join(f"{k} {v}" for k, v in overrides.items()) if overrides else "card defaults"
+    lines = [f"**{summary['model']}**, {len(rows)} validation cases, {described}",
              "",
              "| mean Dice | median predicted / reference volume | false-positive voxels | false negatives | "
              f"within {NEAR_VOXELS} voxels | farther | on slices without reference | in stray islands |",
@@ -90,7 +98,8 @@ def main() -> None:
              f"{100 * totals['far'] / fp:.0f} % | {100 * totals['outside_reference_slices'] / fp:.0f} % | "
              f"{100 * totals['stray_islands'] / fp:.0f} % |"]
     write_results(args.name, {"machine": finish_machine(info), "summary": summary, "rows": rows}, lines,
-                  [f"`benchmarks/false_positives.py {args.model} {args.plan} --name {args.name}`"])
+                  [f"`benchmarks/false_positives.py {args.model} {args.plan} --name {args.name}"
+                   + (f" --settings '{args.settings}'" if args.settings else "") + "`"])
     print("\n".join(lines))
 
 
