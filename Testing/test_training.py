@@ -313,6 +313,9 @@ def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_pa
     assert "CC-BY-SA 4.0" in card["license"]
     markdown = target.with_suffix(".md").read_text()
     assert "Validation" in markdown and (target.parent / "tiny-hippocampus-curves.png").exists()
+    # the box plot is the one of the evaluation the card's table reports, not a leftover of an older version
+    boxplot = target.parent / "tiny-hippocampus-boxplot.png"
+    assert boxplot.read_bytes() == (eval_dir / "boxplot.png").read_bytes() and "(tiny-hippocampus-boxplot.png)" in markdown
     exported_eval = tmp_path / "eval-exported"
     assert main(["evaluate", str(target), str(hippocampus_mini), "--out", str(exported_eval), "--device", "cpu"]) == 0
     assert f"tiny-hippocampus {card['version']} on" in (exported_eval / "summary.md").read_text()

@@ -61,7 +61,7 @@ def build_export_card(run: Path, card: dict[str, Any], metrics: dict[str, Any] |
 
 
 def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, curves: str | None,
-                        comparison: str | None = None, notes: str | None = None) -> str:
+                        comparison: str | None = None, notes: str | None = None, boxplot: str | None = None) -> str:
     prov = card.get("provenance", {})
     training = prov.get("training", {})
     split = prov.get("split", {})
@@ -82,6 +82,8 @@ def model_card_markdown(card: dict[str, Any], metrics: dict[str, Any] | None, cu
              ""]
     if metrics:
         lines += ["## Validation (engine inference on the input grid, as in Slicer)", "", metrics["markdown"]]
+        if boxplot:
+            lines += [f"![validation Dice per case]({boxplot})", ""]
     if markdown_section(card):
         lines += [markdown_section(card)]
     if comparison:
@@ -124,5 +126,10 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str = "best", metri
         if (run / "curves.png").exists():
             curves = f"{stem}-curves.png"
             shutil.copyfile(run / "curves.png", out.with_name(curves))
-        out.with_name(f"{stem}.md").write_text(model_card_markdown(card, summary, curves, comparison, notes), encoding="utf-8")
+        boxplot = None  # the per-case spread of the very evaluation the card's table reports
+        if metrics and Path(metrics).with_name("boxplot.png").exists():
+            boxplot = f"{stem}-boxplot.png"
+            shutil.copyfile(Path(metrics).with_name("boxplot.png"), out.with_name(boxplot))
+        out.with_name(f"{stem}.md").write_text(model_card_markdown(card, summary, curves, comparison, notes, boxplot),
+                                               encoding="utf-8")
     return out
