@@ -162,7 +162,7 @@ def test_a_widget_missing_from_the_ui_stops_setup(tmp_path, application):
     (copy / "Resources" / "UI").mkdir(parents=True)
     shutil.copy(MODULE_FILE, copy / "E2MISegModule.py")
     shutil.copy(MODULE_DIR / "Resources" / "requirements.txt", copy / "Resources")
-    ui = (MODULE_DIR / "Resources" / "UI" / "E2MISegModule.ui").read_text()
+    ui = (MODULE_DIR / "Resources" / "UI" / "E2MISegModule.ui").read_text(encoding="utf-8")
     (copy / "Resources" / "UI" / "E2MISegModule.ui").write_text(ui.replace('name="show3DButton"', 'name="show3DBtn"'))
     module = application.loadScriptedModule(str(copy / "E2MISegModule.py"))
     with pytest.raises(AttributeError, match="show3DButton"):
@@ -241,7 +241,7 @@ def test_nothing_in_the_effect_folder_imports_its_own_lib_package():
     """Once the effect is registered, "SegmentEditorE2MISegEdgeRefineLib" in sys.modules is the effect file
     itself, so importing anything below that name fails in Slicer (the hidden module's self-test included)."""
     for path in EFFECT_DIR.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.startswith("SegmentEditorE2MISegEdgeRefineLib") for n in names), f"{path.name}: {names}"
@@ -271,7 +271,8 @@ NEWER_MRML_METHODS = {"SetTerminology": (5, 10)}
 
 
 def test_the_minimum_slicer_has_every_mrml_method_the_module_calls():
-    sources = "\n".join(p.read_text() for p in [MODULE_FILE, *sorted((MODULE_DIR / "E2MISegModuleLib").glob("*.py"))])
+    sources = "\n".join(p.read_text(encoding="utf-8")
+                        for p in [MODULE_FILE, *sorted((MODULE_DIR / "E2MISegModuleLib").glob("*.py"))])
     for method, since in NEWER_MRML_METHODS.items():
         if re.search(rf"\.{method}\(", sources):
             assert supported_minimum() >= since, f"{method} needs Slicer {since}, the module claims {supported_minimum()}"
@@ -290,21 +291,21 @@ def test_an_older_slicer_is_told_what_to_do_and_gets_no_effect(monkeypatch, mode
 
 def test_readme_and_cmake_state_the_same_minimum():
     minimum = "{}.{}".format(*supported_minimum())
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"{minimum} or later" in readme
     assert not re.search(r"\b5\.\d+ or later", readme.replace(f"{minimum} or later", "")), "another minimum in the README"
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f"find_package(Slicer {minimum} REQUIRED)" in cmake and f"Requires 3D Slicer {minimum} or later" in cmake
 
 
 # ---- packaging and installation ------------------------------------------------------------------------
 
 def test_cmake_lists_name_files_that_exist():
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for url in re.findall(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/([^\"\s]+)", top):
         assert (ROOT / url).is_file(), f"top-level CMakeLists.txt names {url}, which is not in the repository"
     assert re.search(r"EXTENSION_ICONURL \"https://raw", top)
-    effect_cmake = (EFFECT_DIR / "CMakeLists.txt").read_text()
+    effect_cmake = (EFFECT_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(re.findall(r"\$\{MODULE_NAME\}(\S+)", effect_cmake))
     assert "Lib/SegmentEditorEffect.py" in listed and ".py" in listed
     assert "Resources/Icons/${MODULE_NAME}.png" in effect_cmake
@@ -345,16 +346,16 @@ def test_a_torch_older_than_the_minimum_is_not_accepted(application, monkeypatch
 # ---- the smoke test for a real Slicer (runs in CI only) --------------------------------------------------
 
 def test_smoke_script_and_workflow_name_what_exists():
-    smoke = (ROOT / "Testing" / "SlicerApp" / "smoke.py").read_text()
+    smoke = (ROOT / "Testing" / "SlicerApp" / "smoke.py").read_text(encoding="utf-8")
     ast.parse(smoke)
-    ast.parse((ROOT / "Testing" / "SlicerApp" / "prepare.py").read_text())
+    ast.parse((ROOT / "Testing" / "SlicerApp" / "prepare.py").read_text(encoding="utf-8"))
     assert f'EFFECT_NAME = "{EFFECT_NAME}"' in smoke
     assert f'scriptedEffect.name = "{EFFECT_NAME}"' in (EFFECT_DIR / "SegmentEditorE2MISegEdgeRefineLib" /
-                                                        "SegmentEditorEffect.py").read_text()
+                                                        "SegmentEditorEffect.py").read_text(encoding="utf-8")
     model = re.search(r'MODEL = "([^"]+)"', smoke).group(1)
     assert (MODULE_DIR / "Resources" / "Models" / f"{model}.safetensors").is_file() and SAMPLE.is_file()
     assert "widget.onSegmentButton()" in smoke and "slicer.util.exit(1)" in smoke
-    workflow = (ROOT / ".github" / "workflows" / "slicer-smoke.yml").read_text()
+    workflow = (ROOT / ".github" / "workflows" / "slicer-smoke.yml").read_text(encoding="utf-8")
     for needed in ("xvfb-run", '--additional-module-paths "$PWD/E2MISegModule" "$PWD/E2MISegModule/SegmentEditorE2MISegEdgeRefine"',
                    "Testing/SlicerApp/prepare.py", "Testing/SlicerApp/smoke.py", "stability=release",
                    "actions/upload-artifact"):
