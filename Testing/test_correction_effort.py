@@ -255,3 +255,16 @@ def test_quoting_replaces_only_the_marked_block(tmp_path):
     assert bench_common.quote_results_in_page("demo", page, tmp_path)
     assert page.read_text(encoding="utf-8") == "before\n<!-- demo:start -->\n| a |\n|---|\n| 0.91 |\n<!-- demo:end -->\nafter\n"
     assert not bench_common.quote_results_in_page("demo", page, tmp_path)  # already current
+
+
+def test_a_run_into_a_scratch_folder_leaves_the_docs_page_alone(tmp_path):
+    """Results written elsewhere (a trial run) must not be quoted in the project's docs as if they were its own."""
+    import bench_common
+
+    page = tmp_path / "page.md"
+    page.write_text("<!-- demo:start -->\nold\n<!-- demo:end -->\n", encoding="utf-8")
+    text = bench_common.publish_model_results("demo", "m", {"value": 0.5}, lambda r: "# demo\n\n| model |\n| m |\n",
+                                              tmp_path, page)
+    assert text.startswith("# demo") and (tmp_path / "demo.json").is_file()
+    assert page.read_text(encoding="utf-8") == "<!-- demo:start -->\nold\n<!-- demo:end -->\n"
+

@@ -195,3 +195,13 @@ def quote_results_in_page(name: str, page: Path, folder: Path = RESULTS) -> bool
     if new != text:
         page.write_text(new, encoding="utf-8")
     return new != text
+
+
+def publish_model_results(name: str, model: str, entry: dict[str, Any], render: Callable[[dict[str, Any]], str],
+                          folder: Path, page: Path) -> str:
+    """``update_model_results``, then quote the new table in the docs ``page`` when the results went to
+    the project's own folder (a run into a scratch folder must not rewrite the docs)."""
+    text = update_model_results(name, model, entry, render, folder)
+    if folder.resolve() == RESULTS.resolve():
+        quote_results_in_page(name, page)
+    return text

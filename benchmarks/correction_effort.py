@@ -24,8 +24,8 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from robot_corrector import MAX_STROKES, TARGET_DICE, TOOLS, correct, effect_defaults  # noqa: E402
-from validation_predictions import (DATA, DEFAULT_CACHE, ROOT, BenchmarkInputError, label_values,  # noqa: E402
-                                    load_cases, model_path)
+from validation_predictions import (ROOT, BenchmarkInputError, add_case_options, command_line,  # noqa: E402
+                                    label_values, load_cases, model_path)
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS_PAGE = ROOT / "docs" / "edges.md"  # quotes the table between <!-- NAME:start/end --> markers
@@ -128,27 +128,20 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="bundled model name (E2MISegModule/Resources/Models/NAME.safetensors)")
-    parser.add_argument("--cases", type=int, default=6, help="validation cases, spread evenly over the card's split (default 6)")
-    parser.add_argument("--data", type=Path, default=DATA, help="folder holding the MSD datasets (default ../shared/data)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where predictions are cached (default runs/validation_predictions)")
+    add_case_options(parser, RESULTS)
     parser.add_argument("--radius-mm", type=float, default=None,
                         help="brush radius of both tools (default: the effect's default brush radius)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
         entry = run_model(args.model, args.cases, args.data, args.cache, args.radius_mm)
     except BenchmarkInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    entry["command"] = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/correction_effort.py " + \
-        " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-    from bench_common import quote_results_in_page, update_model_results
+    entry["command"] = command_line("correction_effort.py", argv)
+    from bench_common import publish_model_results
 
     key = args.model if args.radius_mm is None else f"{args.model} radius {args.radius_mm:g} mm"
-    text = update_model_results(NAME, key, entry, markdown, args.results)
-    if args.results == RESULTS:
-        quote_results_in_page(NAME, DOCS_PAGE)
+    text = publish_model_results(NAME, key, entry, markdown, args.results, DOCS_PAGE)
     print(text)
     return 0
 

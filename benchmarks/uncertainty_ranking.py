@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from validation_predictions import DATA, DEFAULT_CACHE, ROOT, BenchmarkInputError, load_cases  # noqa: E402
+from validation_predictions import ROOT, BenchmarkInputError, add_case_options, command_line, load_cases  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS_PAGE = ROOT / "docs" / "edges.md"  # quotes the table between <!-- NAME:start/end --> markers
@@ -152,13 +152,9 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="bundled model name (E2MISegModule/Resources/Models/NAME.safetensors)")
-    parser.add_argument("--cases", type=int, default=6, help="validation cases, spread evenly over the card's split (default 6)")
+    add_case_options(parser, RESULTS)
     parser.add_argument("--repeats", type=int, default=20, help="random placements per case (default 20)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, default=DATA, help="folder holding the MSD datasets (default ../shared/data)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where predictions are cached (default runs/validation_predictions)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
         if args.repeats < 2:
@@ -175,13 +171,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     entry = {"model": f"{card['name']} {card['version']}", "cases": [c.name for c in cases], "repeats": args.repeats,
              "seed": args.seed, "summary": summarise(rows), "rows": rows,
-             "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/uncertainty_ranking.py "
-                        + " ".join(argv if argv is not None else sys.argv[1:])}
-    from bench_common import quote_results_in_page, update_model_results
+             "command": command_line("uncertainty_ranking.py", argv)}
+    from bench_common import publish_model_results
 
-    print(update_model_results(NAME, args.model, entry, markdown, args.results))
-    if args.results == RESULTS:
-        quote_results_in_page(NAME, DOCS_PAGE)
+    print(publish_model_results(NAME, args.model, entry, markdown, args.results, DOCS_PAGE))
     return 0
 
 

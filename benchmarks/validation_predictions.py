@@ -10,6 +10,7 @@ The cache key holds the checkpoint's sha256, so re-exported weights are predicte
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 import time
@@ -43,6 +44,21 @@ class Case:
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.image.GetSpacing()[::-1])
+
+
+def add_case_options(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every benchmark over these cached validation predictions takes (model, how many cases,
+    where the data, the cache and the results live), so their command lines read the same."""
+    parser.add_argument("--model", required=True, help="bundled model name (E2MISegModule/Resources/Models/NAME.safetensors)")
+    parser.add_argument("--cases", type=int, default=6, help="validation cases, spread evenly over the card's split (default 6)")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder holding the MSD datasets (default ../shared/data)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where predictions are cached (default runs/validation_predictions)")
+    parser.add_argument("--results", type=Path, default=results, help="results folder (default benchmarks/results)")
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that reproduces this run, as recorded beside its results."""
+    return f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
 def model_path(name: str) -> Path:
