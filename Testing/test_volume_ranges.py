@@ -97,3 +97,19 @@ def test_volume_ranges_from_an_old_summary_is_a_one_line_error(tmp_path, capsys)
     assert "validation_volume_mm3" not in read_checkpoint(path)[1]["labels"][0]
     assert train_main(["volume-ranges", str(path)]) == 2  # a test card names no dataset folder
     assert "dataset folder" in capsys.readouterr().err
+
+
+def test_card_cases_are_the_cards_own_validation_cases_and_a_missing_folder_is_never_guessed(tmp_path, dataset, monkeypatch):
+    """choose-defaults and volume-ranges pick their cases the same way (e2miseg_train.evaluate.card_cases)."""
+    from e2miseg.errors import E2MISegError
+    from e2miseg_train.evaluate import card_cases
+
+    card = {"name": "tiny", "provenance": {"dataset_path": str(dataset), "split": {"val_cases": list(reversed(CASES))}}}
+    folder, cases = card_cases(card, None, "card")
+    assert folder == dataset and [c.name for c in cases] == list(reversed(CASES))  # the card's order, not sorted
+    assert [c.name for c in card_cases(card, dataset, CASES[0])[1]] == [CASES[0]]
+    monkeypatch.chdir(dataset)  # a card without a dataset path must not read whatever folder it is run from
+    with pytest.raises(E2MISegError, match="dataset folder '' not found; give the model's dataset folder as DATASET"):
+        card_cases({"name": "tiny", "provenance": {}}, None, "val")
+    with pytest.raises(E2MISegError, match="tiny lists no validation cases"):
+        card_cases({"name": "tiny", "provenance": {"split": {}}}, dataset, "card")

@@ -35,7 +35,7 @@ from e2miseg.settings import ENGINE_DEFAULTS, QUALITIES, Settings
 from e2miseg.validate import read_checked_channels
 
 from .amend import amend_card, replace_markdown_section
-from .evaluate import label_scores, load_any, select_cases
+from .evaluate import card_cases, label_scores, load_any
 from .volumes import reference_volumes
 
 POST_FIELDS = ("keep_largest", "min_island_mm3", "refine_edges", "edge_method", "edge_strength")
@@ -176,16 +176,8 @@ def choose_defaults(model: str, dataset: str | Path | None = None, out: str | Pa
     if threads:
         torch.set_num_threads(threads)
     network, card = load_any(model, device)
-    provenance = card.get("provenance", {})
-    dataset = Path(dataset or provenance.get("dataset_path") or "")
-    if not dataset.is_dir():
-        raise E2MISegError(f"dataset folder '{dataset}' not found; give the model's dataset folder as DATASET")
-    if cases == "card":
-        names = provenance.get("split", {}).get("val_cases")
-        if not names:
-            raise E2MISegError(f"the card of {card['name']} lists no validation cases; pass --cases val or case names")
-        cases = ",".join(names)
-    selected = select_cases(dataset, cases)[: limit or None]
+    dataset, selected = card_cases(card, dataset, cases)
+    selected = selected[: limit or None]
     qualities = [q for q in QUALITIES if q in set(qualities)]
     if "normal" not in qualities:
         qualities.insert(0, "normal")  # the postprocessing candidates are compared on the normal output

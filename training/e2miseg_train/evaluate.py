@@ -58,6 +58,24 @@ def select_cases(dataset: str | Path, which: str):
     return [by_name[w] for w in wanted]
 
 
+def card_cases(card: dict, dataset: str | Path | None, cases: str) -> tuple[Path, list]:
+    """The dataset folder (given, else the card's provenance) and its cases: "card" means the validation cases
+    the card's split records (the ones its figures were measured on), anything else goes to ``select_cases``."""
+    from e2miseg.errors import E2MISegError
+
+    provenance = card.get("provenance", {})
+    given = str(dataset or provenance.get("dataset_path") or "")
+    folder = Path(given)
+    if not given or not folder.is_dir():  # Path("") is the working directory: never guess that
+        raise E2MISegError(f"dataset folder '{given}' not found; give the model's dataset folder as DATASET")
+    if cases == "card":
+        names = provenance.get("split", {}).get("val_cases")
+        if not names:
+            raise E2MISegError(f"the card of {card['name']} lists no validation cases; pass --cases val or case names")
+        cases = ",".join(names)
+    return folder, select_cases(folder, cases)
+
+
 def label_scores(prediction: np.ndarray, reference: np.ndarray, value: int, spacing_zyx: tuple[float, ...]) -> dict[str, float]:
     """Dice and HD95 (mm) of one label. Both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 inf."""
     from monai.metrics import compute_dice, compute_hausdorff_distance

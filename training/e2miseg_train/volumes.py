@@ -93,7 +93,7 @@ def record_volume_ranges(model: str, dataset: str | None = None, cases: str = "c
     else from the reference label files of the card's validation cases (only labels are read: no network
     runs, so a shipped model gets its ranges in seconds). ``write`` puts them into the checkpoint's card
     (weights unchanged) and its Markdown card; ``record`` refreshes the sha256 in index.json."""
-    from .evaluate import select_cases  # evaluate imports this module
+    from .evaluate import card_cases  # evaluate imports this module
 
     card = read_card(resolve(model).path)
     if metrics:
@@ -103,16 +103,8 @@ def record_volume_ranges(model: str, dataset: str | None = None, cases: str = "c
             raise E2MISegError(f"{metrics} has no reference volumes (made before evaluate recorded them); run evaluate "
                                f"again or leave out --metrics to read the validation labels")
     else:
-        provenance = card.get("provenance", {})
-        folder = dataset or provenance.get("dataset_path")
-        if not folder or not Path(folder).is_dir():
-            raise E2MISegError(f"dataset folder '{folder or ''}' not found; give the model's dataset folder as DATASET")
-        if cases == "card":
-            names = provenance.get("split", {}).get("val_cases")
-            if not names:
-                raise E2MISegError(f"the card of {card['name']} lists no validation cases; pass --cases val or case names")
-            cases = ",".join(names)
-        ranges = volume_ranges(reference_volumes(select_cases(Path(folder), cases), card["labels"]), card["labels"])
+        _, selected = card_cases(card, dataset, cases)
+        ranges = volume_ranges(reference_volumes(selected, card["labels"]), card["labels"])
     if write:
         path = amend_card(model, lambda amended: put_ranges(amended, ranges), record=record)
         amended = read_card(path)
