@@ -191,3 +191,19 @@ def test_layer_bound_counts_every_call_of_every_conv_and_linear_layer(one_thread
     assert bound["layer_gflop"] * 1e9 == pytest.approx(counter.get_total_flops())
     assert bound["gflop_per_s"] == pytest.approx(bound["layer_gflop"] / bound["layer_seconds"])
     assert sum(r["calls"] for r in bound["layers_by_time"]) == 4
+
+
+def test_engine_tree_gives_this_checkout_or_the_referenced_commits_engine(tmp_path):
+    """Before/after benchmarks import the engine of another commit from here: it must be that commit's files."""
+    import shutil
+    import subprocess
+
+    root = BENCHMARKS.parent
+    assert bench_common.engine_tree(None, tmp_path) == root / "E2MISegModule"
+    if not shutil.which("git") or subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
+        pytest.skip("not a git checkout: no other commit's engine to extract")
+    tree = bench_common.engine_tree("HEAD", tmp_path)
+    committed = subprocess.run(["git", "show", "HEAD:E2MISegModule/e2miseg/api.py"], cwd=root, capture_output=True,
+                               check=True).stdout
+    assert tree.parent.parent == tmp_path and (tree / "e2miseg" / "api.py").read_bytes() == committed
+    assert not (tree / "E2MISegModule.py").exists()  # only the engine package, not the Slicer module

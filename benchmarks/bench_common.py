@@ -13,7 +13,9 @@ import os
 import platform
 import subprocess
 import sys
+import tarfile
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -205,3 +207,16 @@ def publish_model_results(name: str, model: str, entry: dict[str, Any], render: 
     if folder.resolve() == RESULTS.resolve():
         quote_results_in_page(name, page)
     return text
+
+
+def engine_tree(reference: str | None, workdir: Path) -> Path:
+    """The engine package a benchmark child imports: this checkout's, or git ``reference``'s extracted into
+    ``workdir`` (so "before" and "after" run side by side in one benchmark run)."""
+    if reference is None:
+        return ROOT / "E2MISegModule"
+    archive = subprocess.run(["git", "archive", reference, "E2MISegModule/e2miseg"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    target = workdir / f"engine-{reference.replace('/', '_')}"
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target / "E2MISegModule"

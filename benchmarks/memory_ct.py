@@ -25,10 +25,8 @@ import os
 import platform
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +94,6 @@ def ct_checkpoint(path: Path) -> None:
     card["channels"] = [{"name": "CT", "modality": "CT"}]
     card["preprocessing"]["normalization"] = {"scheme": "ct", "lower": -1000, "upper": 1000, "mean": 0, "std": 500}
     save_checkpoint(path, build_model("e2miseg", **config).state_dict(), validate_card(card))
-
-
-def engine_tree(reference: str | None, workdir: Path) -> Path:
-    if reference is None:
-        return ROOT / "E2MISegModule"
-    archive = subprocess.run(["git", "archive", reference, "E2MISegModule/e2miseg"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    target = workdir / f"engine-{reference.replace('/', '_')}"
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(target, filter="data")
-    return target / "E2MISegModule"
 
 
 def peak_rss_bytes() -> int:
@@ -236,6 +223,8 @@ def main() -> None:
     if not checkpoint.exists():
         ct_checkpoint(checkpoint)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "E2MISEG_CACHE": str(workdir / "cache"), "PYTHONUTF8": "1"}
+    from bench_common import engine_tree
+
     engines = {"current": engine_tree(None, workdir)}
     if args.reference:
         engines[args.reference] = engine_tree(args.reference, workdir)

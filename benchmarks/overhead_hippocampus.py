@@ -20,10 +20,8 @@ import platform
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,18 +92,6 @@ def worker(out_dir: str, threads: int) -> dict:
     return {"import": import_s, "cold": one_run("cold"), "warm": one_run("warm")}
 
 
-def engine_tree(reference: str | None, workdir: Path) -> Path:
-    """The engine package to import: this checkout's, or ``reference``'s extracted from git."""
-    if reference is None:
-        return ROOT / "E2MISegModule"
-    archive = subprocess.run(["git", "archive", reference, "E2MISegModule/e2miseg"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    target = workdir / f"engine-{reference.replace('/', '_')}"
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(target, filter="data")
-    return target / "E2MISegModule"
-
-
 def run_once(engine: Path, out_dir: Path, threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(engine), "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, __file__, "--worker", str(out_dir), "--threads", str(threads)]
@@ -143,6 +129,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="e2miseg-overhead-") as tmp:
         workdir = Path(tmp)
+        from bench_common import engine_tree
+
         engines = {"current": engine_tree(None, workdir)}
         if args.reference:
             engines[args.reference] = engine_tree(args.reference, workdir)
