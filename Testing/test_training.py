@@ -263,6 +263,18 @@ def test_label_scores_perfect_and_empty_predictions():
     assert label_scores(reference, reference, 2, (1.0, 1.0, 1.0))["dice"] == 1.0  # absent in both
 
 
+def test_comparison_rows_name_the_version_so_a_model_can_sit_beside_its_earlier_self():
+    from e2miseg_train.evaluate import comparison_table
+
+    def summary(version, dice):
+        return {"model": "ehanet-acdc", "version": version, "architecture": "ehanet", "num_cases": 32,
+                "labels": {"LV": {"dice_mean": dice, "dice_std": 0.01, "hd95_mm_mean": 2.0}}}
+
+    rows = comparison_table([summary("0.2.0", 0.92), summary("1.0.0", 0.935)]).splitlines()[2:]
+    assert rows == ["| ehanet-acdc 0.2.0 | ehanet | 32 | 0.9200 ± 0.0100 | 2.00 |",
+                    "| ehanet-acdc 1.0.0 | ehanet | 32 | 0.9350 ± 0.0100 | 2.00 |"]
+
+
 def test_evaluate_and_export_a_trained_run(trained_run, hippocampus_mini, tmp_path):
     import e2miseg
     from e2miseg.checkpoint import sha256_of

@@ -219,5 +219,7 @@ def comparison_table(summaries: list[dict[str, Any]]) -> str:
             s = summary["labels"].get(name, {})
             cells.append(f"{s.get('dice_mean', math.nan):.4f} ± {s.get('dice_std', math.nan):.4f}")
             cells.append(f"{s.get('hd95_mm_mean', math.nan):.2f}")
-        lines.append(f"| {summary['model']} | {summary['architecture']} | {summary['num_cases']} | " + " | ".join(cells) + " |")
+        # with its version: a card compares a model with its own earlier versions, which share its name
+        model = f"{summary['model']} {summary['version']}" if summary.get("version") else summary["model"]
+        lines.append(f"| {model} | {summary['architecture']} | {summary['num_cases']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
