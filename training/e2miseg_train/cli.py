@@ -177,6 +177,16 @@ def cmd_attach_refiner(args) -> int:
     return 0
 
 
+def add_card_amend_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The options of the commands that measure on a model's validation cases and may write the result into its card
+    (choose-defaults, volume-ranges): which model, which dataset and cases (``evaluate.card_cases``), --write, --record."""
+    p.add_argument("model", help="checkpoint path or store name")
+    p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
+    p.add_argument("--cases", default="card", help="card (the card's validation cases), val, or comma-separated case names")
+    p.add_argument("--write", action="store_true", help=f"rewrite the checkpoint's card with {what} (weights unchanged)")
+    p.add_argument("--record", action="store_true", help="with --write: refresh the sha256 in the folder's index.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2miseg-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,12 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("choose-defaults", help="measure postprocessing and quality candidates on the validation split; "
                                                "record the comparison and the chosen defaults in the card")
-    p.add_argument("model", help="checkpoint path or store name")
-    p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
-    p.add_argument("--cases", default="card", help="card (the card's validation cases), val, or comma-separated case names")
+    add_card_amend_options(p, "the chosen defaults")
     p.add_argument("--out", help="folder for defaults.json / defaults.md")
-    p.add_argument("--write", action="store_true", help="rewrite the checkpoint's card with the chosen defaults (weights unchanged)")
-    p.add_argument("--record", action="store_true", help="with --write: refresh the sha256 in the folder's index.json")
     p.add_argument("--qualities", nargs="+", default=["fast", "normal", "normal+tta"], help="qualities to compare")
     p.add_argument("--methods", nargs="+", default=["meanfield"], help="edge refinement methods to try")
     p.add_argument("--strengths", nargs="+", type=float, default=[0.3, 0.6], help="edge refinement strengths to try")
@@ -295,12 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("volume-ranges", help="record per-label volume ranges (mm³) of the validation split's reference "
                                              "labels in the card, for the engine's plausibility warning (no retraining)")
-    p.add_argument("model", help="checkpoint path or store name")
-    p.add_argument("dataset", nargs="?", help="the dataset folder (default: the card's provenance dataset_path)")
-    p.add_argument("--cases", default="card", help="card (the card's validation cases), val, or comma-separated case names")
+    add_card_amend_options(p, "the ranges")
     p.add_argument("--metrics", help="take the reference volumes from this `evaluate` summary.json instead of the label files")
-    p.add_argument("--write", action="store_true", help="rewrite the checkpoint's card with the ranges (weights unchanged)")
-    p.add_argument("--record", action="store_true", help="with --write: refresh the sha256 in the folder's index.json")
     p.set_defaults(func=cmd_volume_ranges)
 
     p = sub.add_parser("train-refiner", help="train the model's learned boundary refiner on its own predictions over its "
