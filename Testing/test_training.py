@@ -353,6 +353,36 @@ def test_sigterm_ends_a_run_cleanly(tmp_path, tiny_plan):
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
 
 
+def test_evaluate_uses_and_records_the_cards_defaults_unless_told_network_only(trained_run, hippocampus_mini,
+                                                                                tmp_path):
+    """A card whose defaults say largest component + TTA is scored that way (as the module runs it) and
+    says so; ``--network-only`` scores the bare network, and an explicit flag still wins over it."""
+    import shutil
+
+    from e2miseg_train.amend import amend_card
+    from e2miseg_train.cli import main
+
+    out, _ = trained_run
+    model = tmp_path / "with-defaults.safetensors"
+    shutil.copy(out / "best.safetensors", model)
+    amend_card(str(model), lambda card: card.__setitem__("defaults", {"keep_largest": True, "quality": "normal+tta"}))
+
+    def settings_of(*flags: str) -> dict:
+        folder = tmp_path / ("eval" + "".join(flags))
+        assert main(["evaluate", str(model), str(hippocampus_mini), "--out", str(folder), "--device", "cpu", *flags]) == 0
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["tta"] == (summary["settings"]["quality"] == "normal+tta")
+        return summary["settings"]
+
+    card_defaults = settings_of()
+    assert card_defaults["keep_largest"] is True and card_defaults["quality"] == "normal+tta"
+    bare = settings_of("--network-only")
+    assert bare["keep_largest"] is False and bare["quality"] == "normal" and bare["refine_edges"] is False
+    assert bare["min_island_mm3"] == 0.0
+    bare_with_tta = settings_of("--network-only", "--tta")
+    assert bare_with_tta["keep_largest"] is False and bare_with_tta["quality"] == "normal+tta"
+
+
 def test_dynunet_baseline_trains_on_the_same_plan_and_evaluates(tmp_path, tiny_plan, hippocampus_mini):
     from e2miseg_train.baselines import baseline_plan
     from e2miseg_train.evaluate import evaluate, load_any

@@ -14,7 +14,7 @@ Both are timed the same way: a global optimizer step hook (``register_optimizer_
 stamps every step; samples/s = batch x steps / time between the first and last stamp after
 ``--warmup`` steps. Run by hand:
 
-    .venv/bin/python benchmarks/training_throughput.py [--iterations 40] [--pairs 2] [--threads 2] [--only e2miseg,s2anet,ehanet]
+    .venv/bin/python benchmarks/training_throughput.py [--iterations 40] [--pairs 2] [--threads 2] [--only e2miseg,s2anet,ehanet,dynunet2d]
 
 Writes benchmarks/results/training_throughput.{json,md}.
 """
@@ -42,6 +42,10 @@ JOBS = {
                "config": {"width_scale": 4, "dropout": 0.1}, "batch_size": 8, "lr": 1e-3, "patch": None},
     "ehanet": {"plan": "runs/plans/ehanet-acdc.json", "dataset": "ACDC", "config": {}, "batch_size": 8, "lr": 1e-3,
                "patch": [160, 160]},
+    # issue 24's same-budget anchor: MONAI's 2D DynUNet on EHANet's plan, fed exactly like it
+    "dynunet2d": {"plan": "runs/plans/ehanet-acdc.json", "dataset": "ACDC", "arch": "ehanet", "config": {},
+                  "baseline": ("monai-dynunet", {"filters": [16, 32, 64, 128, 256]}), "batch_size": 8, "lr": 1e-3,
+                  "patch": [160, 160]},
 }
 WEIGHT_DECAY = 1e-4
 KINDS = ("fit", "fit-fp32", "plain")
@@ -71,6 +75,8 @@ def child_fit(plan: str, job: dict, args, stamps: str, out: str, float32: bool =
             "--cache-dir", args.cache_dir]
     if job["patch"]:
         argv += ["--patch", *map(str, job["patch"])]
+    if "baseline" in job:
+        argv += ["--baseline", job["baseline"][0], "--baseline-config", json.dumps(job["baseline"][1])]
     if float32:
         argv += ["--no-amp", "--no-channels-last"]
     code = train_main(argv)
@@ -100,6 +106,10 @@ def child_plain(plan_path: str, job: dict, args, stamps: str) -> None:
 
     torch.set_num_threads(args.threads)
     plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
+    if "baseline" in job:
+        from e2miseg_train.baselines import baseline_plan
+
+        plan = baseline_plan(plan, job["baseline"][0], **job["baseline"][1])
     card = plan["card"]
     card["architecture"]["config"].update(job["config"])
     if job["patch"]:
@@ -139,7 +149,7 @@ def plan_for(key: str, folder: Path) -> Path:
     from e2miseg_train.cli import main as train_cli
 
     made = folder / Path(job["plan"]).name
-    code = train_cli(["plan", str(SHARED / job["dataset"]), "--arch", key, "--name", Path(job["plan"]).stem,
+    code = train_cli(["plan", str(SHARED / job["dataset"]), "--arch", job.get("arch", key), "--name", Path(job["plan"]).stem,
                       "--out", str(made)])
     if code or not made.is_file():
         raise SystemExit(f"could not plan {job['dataset']} (is ../shared/data there?)")

@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .edges.defaults import DEFAULT_METHOD, DEFAULT_STRENGTH, LEARNED_METHOD, METHOD_NAMES
 from .errors import E2MISegError
@@ -112,9 +112,12 @@ class Settings:
         return cls(**{spec.name: defaults[spec.name] for spec in card_fields() if spec.name in defaults})
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per setting, all defaulting to None so an absent flag leaves the choice to ``resolve``."""
+    def add_arguments(cls, parser: argparse.ArgumentParser, only: Optional[Sequence[str]] = None) -> None:
+        """One flag per setting, all defaulting to None so an absent flag leaves the choice to ``resolve``.
+        ``only``: the field names to offer (e.g. the card's, for a tool that picks its own device)."""
         for spec in dataclasses.fields(cls):
+            if only is not None and spec.name not in only:
+                continue
             meta = spec.metadata
             default_text = _default_text(spec)
             help_text = meta["help"] + (f" (default: the model's, else {default_text})" if meta["card"] else "")
@@ -127,6 +130,8 @@ class Settings:
                 kind = float if spec.name in ("min_island_mm3", "edge_strength", "step") else \
                     int if spec.name == "batch_size" else str
                 parser.add_argument(meta["flag"], dest=spec.name, type=kind, default=None, help=help_text)
+        if only is not None and "quality" not in only:
+            return
         # shorthands kept from the first CLI
         parser.add_argument("--fast", dest="quality", action="store_const", const="fast", help="same as --quality fast")
         parser.add_argument("--tta", dest="quality", action="store_const", const="normal+tta",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from e2miseg.errors import E2MISegError
+from e2miseg.settings import Settings, card_fields
 
 
 def _plan_from(args) -> dict:
@@ -89,10 +90,13 @@ def cmd_fit(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import NETWORK_ONLY, evaluate
 
+    chosen = Settings(**{spec.name: getattr(args, spec.name) for spec in card_fields()})
+    if args.network_only:
+        chosen = chosen.over(NETWORK_ONLY)
     summary = evaluate(args.model, args.dataset, args.out, cases=args.cases, device=args.device, threads=args.threads,
-                       step=args.step, tta=args.tta, limit=args.limit)
+                       step=args.step, limit=args.limit, settings=chosen)
     print(summary["markdown"])
     return 0
 
@@ -253,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--step", type=float)
-    p.add_argument("--tta", action="store_true")
     p.add_argument("--limit", type=int, help="evaluate at most N cases")
+    p.add_argument("--network-only", action="store_true",
+                   help="score the network alone: no clean-up, no refinement, no TTA (flags below still win)")
+    Settings.add_arguments(p, only=[spec.name for spec in card_fields()])  # the card's settings, e.g. --tta
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write the single-file checkpoint with the full model card")

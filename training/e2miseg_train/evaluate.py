@@ -21,6 +21,8 @@ import torch
 from e2miseg.api import load_model, predict
 from e2miseg.checkpoint import load_weights_into, read_checkpoint
 from e2miseg.inference import resolve_device
+from e2miseg.settings import Settings, card_fields
+from e2miseg.settings import resolve as resolve_settings
 from e2miseg.store import resolve
 
 from .baselines import build_network, is_baseline
@@ -149,20 +151,34 @@ def box_plot(rows: list[dict[str, Any]], labels: list[dict[str, Any]], path: Pat
     plt.close(fig)
 
 
+# The network as trained, nothing after it: what a training curve measures, and the fair ground for
+# comparing two networks whose cards chose different clean-ups.
+NETWORK_ONLY = Settings(keep_largest=False, min_island_mm3=0.0, refine_edges=False, quality="normal")
+
+
 def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val", device: str = "auto",
-             threads: int | None = None, step: float | None = None, tta: bool = False, limit: int | None = None) -> dict[str, Any]:
-    """Score ``model`` on ``dataset``'s cases; write ``per_case.csv``, ``summary.md/json`` and ``boxplot.png`` to ``out``."""
+             threads: int | None = None, step: float | None = None, tta: bool = False, limit: int | None = None,
+             settings: Settings | None = None) -> dict[str, Any]:
+    """Score ``model`` on ``dataset``'s cases; write ``per_case.csv``, ``summary.md/json`` and ``boxplot.png`` to ``out``.
+
+    Each case is segmented by ``e2miseg.predict`` as the Slicer module runs it: ``settings`` (e.g.
+    ``NETWORK_ONLY``) over the card's defaults over the engine's; ``tta`` forces mirrored TTA on.
+    The settings actually used are recorded in ``summary.json``."""
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     network, card = load_any(model, device)
+    explicit = (settings or Settings()).replace(step=step) if step is not None else (settings or Settings())
+    if tta:
+        explicit = explicit.replace(quality="normal+tta")
+    chosen = resolve_settings(explicit, card)
     selected = select_cases(dataset, cases)[: limit or None]
     rows: list[dict[str, Any]] = []
     volumes: dict[str, dict[str, dict[str, float]]] = {}  # case -> label name -> reference / predicted mm³
     started = time.time()
     for case in selected:
-        prediction_image = predict([str(p) for p in case.images], network, card, step=step, tta=tta)
+        prediction_image = predict([str(p) for p in case.images], network, card, chosen)
         reference_image = sitk.ReadImage(str(case.label))
         prediction = sitk.GetArrayFromImage(prediction_image)
         reference = sitk.GetArrayFromImage(reference_image)
@@ -190,7 +206,8 @@ def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val
     (out / "summary.md").write_text(markdown, encoding="utf-8")
     result = {"model": card["name"], "version": card["version"], "architecture": card["architecture"]["name"],
               "dataset": str(dataset), "cases": cases, "num_cases": len(selected), "case_names": [c.name for c in selected],
-              "seconds": round(seconds, 1), "grid": "input grid (e2miseg.api.predict)", "tta": tta,
+              "seconds": round(seconds, 1), "grid": "input grid (e2miseg.api.predict)", "tta": chosen.tta,
+              "settings": {spec.name: getattr(chosen, spec.name) for spec in card_fields()},
               "labels": summary, "volumes_mm3": volumes}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     box_plot(rows, card["labels"], out / "boxplot.png", title)
