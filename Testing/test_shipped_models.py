@@ -58,6 +58,23 @@ def test_index_matches_every_bundled_file():
         assert entry["license"] == card["license"], name
 
 
+@pytest.mark.parametrize("file_name", BUNDLED)
+def test_refinement_is_on_by_default_only_where_its_measured_targets_hold(file_name):
+    """Issue 19: a card may turn edge refinement on by default only with its learned refiner's measurement
+    on the validation split showing every target met; a card that keeps it off says which targets failed."""
+    _, card = read_checkpoint(MODELS / file_name)
+    refiner = card.get("refiner")
+    defaults = card.get("defaults", {})
+    if defaults.get("refine_edges"):
+        assert refiner and refiner["evaluation"]["targets_met"], f"{file_name}: refinement on without its targets met"
+    if refiner:
+        targets = refiner["evaluation"]["targets"]
+        assert set(targets) == {"assd_10pct_lower", "hd95_not_worse", "dice_within_0.002", "perturbed_recovery_40pct",
+                                "cpu_cost_15pct"}, file_name
+        assert refiner["evaluation"]["targets_met"] == all(targets.values()), file_name
+        assert refiner["evaluation"]["cases"] == len(card["provenance"]["split"]["val_cases"]), file_name
+
+
 def test_regression_table_covers_the_bundled_files_as_they_are():
     assert sorted(TABLE["models"]) == BUNDLED, f"regenerate the table: {REGENERATE}"
     for name, entry in TABLE["models"].items():
