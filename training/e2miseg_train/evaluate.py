@@ -157,21 +157,21 @@ NETWORK_ONLY = Settings(keep_largest=False, min_island_mm3=0.0, refine_edges=Fal
 
 
 def evaluate(model: str, dataset: str | Path, out: str | Path, cases: str = "val", device: str = "auto",
-             threads: int | None = None, step: float | None = None, tta: bool = False, limit: int | None = None,
+             threads: int | None = None, step: float | None = None, limit: int | None = None,
              settings: Settings | None = None) -> dict[str, Any]:
     """Score ``model`` on ``dataset``'s cases; write ``per_case.csv``, ``summary.md/json`` and ``boxplot.png`` to ``out``.
 
     Each case is segmented by ``e2miseg.predict`` as the Slicer module runs it: ``settings`` (e.g.
-    ``NETWORK_ONLY``) over the card's defaults over the engine's; ``tta`` forces mirrored TTA on.
+    ``NETWORK_ONLY``, or ``Settings(quality="normal+tta")``) over the card's defaults over the engine's.
     The settings actually used are recorded in ``summary.json``."""
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     network, card = load_any(model, device)
-    explicit = (settings or Settings()).replace(step=step) if step is not None else (settings or Settings())
-    if tta:
-        explicit = explicit.replace(quality="normal+tta")
+    explicit = settings or Settings()
+    if step is not None:
+        explicit = explicit.replace(step=step)
     chosen = resolve_settings(explicit, card)
     selected = select_cases(dataset, cases)[: limit or None]
     rows: list[dict[str, Any]] = []
